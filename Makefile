@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Installed once per change of pyproject.toml (torch is pinned to the CPU build on disk there).
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,ray]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: pretrain a CPU-scale PCFG Counter model, fine-tune it, record both in ./mlflow.db.
+demo: install
+	$(BIN)/wrapperdist run sweeps/cpu_counter.yaml
+	$(BIN)/python analysis/summarize.py --experiment wrapperdist
+
+## Lint, then the whole test suite (a few minutes on 2 cores).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+## Speed figures quoted in the notes (not timed tests).
+bench: install
+	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) runs mlartifacts mlflow.db .pytest_cache .ruff_cache

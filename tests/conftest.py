@@ -1,0 +1,31 @@
+import os
+
+import pytest
+import yaml
+
+# Tests never touch the developer's ./mlflow.db: each test that tracks gets its own store.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "torch_threads": 1,
+    "progress": False,
+    "grammar": {"min_len": 4, "max_len": 10, "index_k": 2},
+    "model": {"n_layer": 1, "n_head": 2, "d_model": 16},
+    "pretrain": {"optim": {"lr": 3e-3, "steps": 30, "batch_size": 16, "eval_every": 10, "log_every": 5}},
+    "finetune": {"spurious_fraction": 0.5,
+                 "optim": {"lr": 1e-3, "steps": 20, "batch_size": 16, "eval_every": 10, "log_every": 5}},
+    "eval": {"samples": 64},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path, monkeypatch):
+    """A seconds-long experiment writing to a private MLflow store and output dir."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = dict(TINY, output_dir=str(tmp_path / "runs"), tracking={"experiment": "test"})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -1,0 +1,133 @@
+"""Invalid experiment files are rejected before any work, naming file, field and reason."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wrapperdist.config import PRIORS, ConfigError, ExperimentConfig, config_hash, flatten, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALID = {
+    "name": "t",
+    "grammar": {"min_len": 4, "max_len": 12},
+    "model": {"n_layer": 1, "n_head": 2, "d_model": 16},
+    "pretrain": {"optim": {"lr": 1e-3, "steps": 10, "batch_size": 8}},
+    "finetune": {"optim": {"lr": 1e-4, "steps": 10, "batch_size": 8}},
+}
+
+
+def with_change(path: str, value, base=VALID) -> dict:
+    """A deep copy of `base` with the dotted `path` set to `value` (or removed for ...)."""
+    data = yaml.safe_load(yaml.safe_dump(base))
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+# (description, file content, substring the error must contain — the field path, then the reason)
+CASES = [
+    ("negative lr", with_change("finetune.optim.lr", -1e-4), "finetune.optim.lr: Input should be greater than 0"),
+    ("zero lr", with_change("pretrain.optim.lr", 0), "pretrain.optim.lr: Input should be greater than 0"),
+    ("lr as text", with_change("finetune.optim.lr", "fast"), "finetune.optim.lr: Input should be a valid number"),
+    ("negative steps", with_change("pretrain.optim.steps", -5), "pretrain.optim.steps: Input should be greater than 0"),
+    ("zero batch", with_change("finetune.optim.batch_size", 0), "finetune.optim.batch_size"),
+    ("steps float", with_change("pretrain.optim.steps", 2.5), "pretrain.optim.steps"),
+    ("unknown top key", with_change("learning_rate", 1), "learning_rate: Extra inputs are not permitted"),
+    ("unknown nested key", with_change("model.n_layers", 3), "model.n_layers: Extra inputs are not permitted"),
+    ("unknown optim key", with_change("finetune.optim.lr_max", 3), "finetune.optim.lr_max: Extra inputs"),
+    ("missing pretrain", with_change("pretrain", ...), "pretrain: Field required"),
+    ("missing lr", with_change("finetune.optim.lr", ...), "finetune.optim.lr: Field required"),
+    ("prior not summing to 1", with_change("pretrain.data.prior", {"a": 0.5, "b": 0.2}), "pretrain.data.prior: prior must sum to 1"),
+    ("negative prior", with_change("pretrain.data.prior", {"a": 1.2, "b": -0.2}), "pretrain.data.prior.b"),
+    ("unknown prior name", with_change("pretrain.data.prior", "extreme"), "pretrain.data.prior"),
+    ("prior unknown operand", with_change("pretrain.data.prior", {"a": 0.5, "d": 0.5}), "pretrain.data.prior.d"),
+    ("unknown family", with_change("pretrain.data.families", {"sorting": 1.0}), "pretrain.data.families.sorting"),
+    ("no family weight", with_change("pretrain.data.families", {"counter": 0.0}), "pretrain.data.families: needs at least one"),
+    ("bad operand", with_change("finetune.task", {"family": "counter", "operand": "z"}), "finetune.task.operand"),
+    ("position-operand task", with_change("finetune.task", {"family": "token_at_index", "operand": "a"}), "finetune.task.family"),
+    ("spurious above 1", with_change("finetune.spurious_fraction", 1.5), "finetune.spurious_fraction: Input should be less than or equal to 1"),
+    ("spurious negative", with_change("finetune.spurious_fraction", -0.1), "finetune.spurious_fraction"),
+    ("heads don't divide", with_change("model.d_model", 15), "model: d_model (15) must be divisible by n_head (2)"),
+    ("negative d_model", with_change("model.d_model", -16), "model.d_model: Input should be greater than 0"),
+    ("dropout 1", with_change("model.dropout", 1.0), "model.dropout"),
+    ("min_len > max_len", with_change("grammar.min_len", 30), "grammar: min_len (30) exceeds max_len (12)"),
+    ("rhs bounds reversed", with_change("grammar.rhs_len", [3, 1]), "grammar.rhs_len: lower bound 3 exceeds upper bound 1"),
+    ("warmup above 1", with_change("finetune.optim.warmup_frac", 2), "finetune.optim.warmup_frac"),
+    ("bad optimizer", with_change("finetune.optim.optimizer", "adam"), "finetune.optim.optimizer"),
+    ("betas wrong length", with_change("pretrain.optim.betas", [0.9]), "pretrain.optim.betas"),
+    ("missing checkpoint file", with_change("finetune.from_checkpoint", "/nonexistent/model.pt"),
+     "finetune.from_checkpoint: file not found: /nonexistent/model.pt"),
+    ("same task twice", with_change("finetune.task", {"family": "counter", "operand": "a"}), "finetune.task equals pretrain.capability"),
+    ("section not a mapping", with_change("model", [1, 2]), "model: Input should be a valid dictionary"),
+    ("threads zero", with_change("torch_threads", 0), "torch_threads: Input should be greater than 0"),
+]
+
+
+@pytest.mark.parametrize("content,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_invalid_field_is_named(tmp_path, content, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: "), message
+    assert expected in message, message
+
+
+def test_table_is_large_enough():
+    assert len(CASES) >= 20
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\npretrain:\n  optim: {lr: 1e-3, steps: 10\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:\d+:\d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="list.yaml: <top level>: expected a mapping"):
+        load_config(path)
+
+
+def test_several_errors_reported_at_once(tmp_path):
+    content = with_change("finetune.optim.lr", -1, with_change("model.n_head", 0))
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "finetune.optim.lr" in str(err.value) and "model.n_head" in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_validate(path):
+    load_config(path)
+
+
+def test_named_priors_are_the_papers():
+    cfg = ExperimentConfig.model_validate(with_change("pretrain.data.prior", "low"))
+    assert cfg.pretrain.data.prior_vector() == PRIORS["low"] == (0.999, 0.001, 0.0)
+
+
+def test_flatten_and_hash():
+    cfg = ExperimentConfig.model_validate(VALID)
+    flat = flatten(cfg.model_dump(mode="json"))
+    assert flat["finetune.optim.lr"] == 1e-4 and flat["model.n_layer"] == 1
+    other = ExperimentConfig.model_validate(with_change("finetune.optim.lr", 2e-4))
+    assert config_hash(cfg) != config_hash(other)
+    assert config_hash(cfg) == config_hash(ExperimentConfig.model_validate(VALID))

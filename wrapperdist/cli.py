@@ -1,0 +1,101 @@
+"""The `wrapperdist` command line. Thin: parse, validate, hand over to the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from wrapperdist.config import ConfigError, ExperimentConfig, load_config
+
+DESCRIPTION = """\
+wrapperdist: does fine-tuning change what a pretrained model can do, or only wrap it?
+(a sweep-scale reproduction of Jain et al., ICLR 2024, arXiv 2311.12786)
+
+Every command takes an experiment YAML (see sweeps/). Results go to MLflow: by default the
+SQLite store ./mlflow.db, which `mlflow ui` started in this directory opens; set
+MLFLOW_TRACKING_URI to use another store or a tracking server."""
+
+
+def _load(path: str) -> ExperimentConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"invalid configuration:\n{err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    bad = 0
+    for path in args.configs:
+        try:
+            load_config(path)
+            print(f"{path}: ok")
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            bad += 1
+    return 2 if bad else 0
+
+
+def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from wrapperdist.pipeline import run_experiment  # heavy imports only when work is done
+
+    cfg = _load(args.config)
+    if getattr(args, "no_progress", False):
+        cfg = cfg.model_copy(update={"progress": False})
+    try:
+        summary = run_experiment(cfg, stages, init_from=getattr(args, "init_from", None))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"\nMLflow store: {summary['tracking_uri']}\n  browse it: mlflow ui   (from {Path.cwd()})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wrapperdist", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check experiment YAML files without running anything",
+                       description="Validate experiment YAML files; print every bad field as file: field: reason.")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files to check")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("pretrain", help="pretrain a model on the PCFG task mixture",
+                       description="Pretrain from scratch on the task mixture under the sampling prior. "
+                       "Records one MLflow parent run with a 'pretrain' child (params, curves, checkpoint).")
+    p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=lambda a: _run(a, ("pretrain",)))
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained model on the fine-tuning task",
+                       description="Fine-tune a pretrained model on the config's finetune.task, with its "
+                       "spurious-correlation share C_Tr, tracking both the fine-tuning and the pretraining "
+                       "task's accuracy.")
+    p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    p.add_argument("--from", dest="init_from", metavar="RUN_OR_PATH",
+                   help="a checkpoint file, or an MLflow run id (a pretrain run, or an invocation with one); "
+                   "default: finetune.from_checkpoint in the config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=lambda a: _run(a, ("finetune",)))
+
+    p = sub.add_parser("run", help="pretrain, then fine-tune: the whole experiment in one invocation",
+                       description="Pretrain and fine-tune one experiment in this process; one MLflow parent "
+                       "run with a child per stage.")
+    p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=lambda a: _run(a, ("pretrain", "finetune")))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Configuration: pydantic models for every stage, loaded from YAML.
+
+These models are the single source of configuration. Unknown keys are errors, and an invalid file
+is rejected before any work starts with one line per problem naming the file, the field path and
+the reason, e.g. `sweeps/x.yaml: finetune.optim.lr: Input should be greater than 0`.
+
+Paper values cited below are from Jain et al. 2023 (arXiv 2311.12786), App. C-D.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wrapperdist.data.grammar import TERMINALS
+from wrapperdist.data.tasks import Family
+
+Terminal = Literal["a", "b", "c"]
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+# The paper's sampling priors over operands (a, b, c) = (O_PT, O_FT, other): its "low / medium /
+# high" are the 1st / 3rd / 5th of its five settings, i.e. mass 0.001 / 0.1 / 0.3 on O_FT = b.
+PRIORS: dict[str, tuple[float, float, float]] = {
+    "low": (0.999, 0.001, 0.0),
+    "medium": (0.9, 0.1, 0.0),
+    "high": (0.5, 0.3, 0.2),
+}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; `str()` has one `file: field.path: reason` line per problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GrammarConfig(Strict):
+    """The PCFG (drawn from `seed`) and the string lengths kept from it."""
+
+    seed: int = 0
+    levels: Annotated[int, Field(ge=2)] = 4
+    symbols_per_level: PositiveInt = 4
+    rules_per_symbol: PositiveInt = 3
+    rhs_len: tuple[PositiveInt, PositiveInt] = (1, 3)
+    terminal_rhs_len: tuple[PositiveInt, PositiveInt] = (1, 2)
+    min_len: PositiveInt = 8
+    max_len: PositiveInt = 24
+    index_k: PositiveInt = Field(3, description="k of the index-of-occurrence tasks (paper: 6)")
+
+    @field_validator("rhs_len", "terminal_rhs_len")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError(f"lower bound {v[0]} exceeds upper bound {v[1]}")
+        return v
+
+    @model_validator(mode="after")
+    def _length_range(self) -> GrammarConfig:
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) exceeds max_len ({self.max_len})")
+        return self
+
+
+class TaskConfig(Strict):
+    family: Family
+    operand: Terminal
+
+    @field_validator("family")
+    @classmethod
+    def _has_terminal_operand(cls, v: Family) -> Family:
+        if v is Family.token_at_index:
+            raise ValueError("token_at_index takes a position operand and can only be part of the mixture")
+        return v
+
+
+class PretrainDataConfig(Strict):
+    """The pretraining mixture: task-family weights and the sampling prior over operands."""
+
+    families: dict[Family, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: {f: 1.0 for f in Family}
+    )
+    prior: Literal["low", "medium", "high"] | dict[Terminal, Annotated[float, Field(ge=0.0)]] = "medium"
+
+    @field_validator("families")
+    @classmethod
+    def _some_weight(cls, v: dict[Family, float]) -> dict[Family, float]:
+        if not v or sum(v.values()) <= 0:
+            raise ValueError("needs at least one family with a positive weight")
+        return v
+
+    @field_validator("prior")
+    @classmethod
+    def _sums_to_one(cls, v: Any) -> Any:
+        if isinstance(v, dict) and abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"prior must sum to 1, got {sum(v.values()):.6g}")
+        return v
+
+    def prior_vector(self) -> tuple[float, ...]:
+        if isinstance(self.prior, str):
+            return PRIORS[self.prior]
+        return tuple(float(self.prior.get(t, 0.0)) for t in TERMINALS)
+
+
+class ModelConfig(Strict):
+    """minGPT shape (paper: 6 blocks, 6 heads, d_model 192)."""
+
+    n_layer: PositiveInt = 6
+    n_head: PositiveInt = 6
+    d_model: PositiveInt = 192
+    d_mlp: PositiveInt | None = Field(None, description="MLP width; default 4 * d_model")
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class OptimConfig(Strict):
+    """Optimiser and schedule (paper: AdamW, cosine with 20 % warm-up, min LR = max LR / 100)."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0.0)]
+    steps: PositiveInt
+    batch_size: PositiveInt
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    momentum: Fraction = 0.9
+    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
+    warmup_frac: Fraction = 0.2
+    min_lr_ratio: Fraction = 0.01
+    log_every: PositiveInt = 10
+    eval_every: Annotated[int, Field(ge=0)] = 100
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0
+
+
+class PretrainConfig(Strict):
+    data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
+    optim: OptimConfig
+    capability: TaskConfig = Field(
+        default=TaskConfig(family=Family.counter, operand="a"),
+        description="the pretraining capability tracked through fine-tuning (O_PT)",
+    )
+
+
+class FinetuneConfig(Strict):
+    task: TaskConfig = Field(default=TaskConfig(family=Family.counter, operand="b"), description="O_FT task")
+    spurious_fraction: Fraction = Field(0.0, description="C_Tr: share of examples with the planted relation")
+    spurious_offset: int = Field(1, description="the relation: answer(FT) = answer(PT) + offset")
+    optim: OptimConfig
+    from_checkpoint: Path | None = None
+
+    @field_validator("from_checkpoint")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+
+class EvalConfig(Strict):
+    samples: PositiveInt = 2000
+    seed: int = 1_000_003  # far from training seeds, so eval sets never overlap a training stream
+
+
+class TrackingConfig(Strict):
+    experiment: str = "wrapperdist"
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+
+
+class ExperimentConfig(Strict):
+    """One pretrain → fine-tune experiment."""
+
+    name: str = "experiment"
+    seed: int = 0
+    torch_threads: PositiveInt | None = Field(None, description="default: the CPUs this process may use")
+    output_dir: Path = Path("runs")
+    progress: bool = True
+    grammar: GrammarConfig = Field(default_factory=GrammarConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _tasks_differ(self) -> ExperimentConfig:
+        if self.finetune.task == self.pretrain.capability:
+            raise ValueError("finetune.task equals pretrain.capability; fine-tuning would change nothing")
+        return self
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<top level>"
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        # pydantic's union errors repeat the path with the branch type appended; keep the field path.
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "dict"})))
+        lines.append(f"{source}: {_format_loc(loc)}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: <top level>: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, model: type[M] = ExperimentConfig) -> M:  # type: ignore[assignment]
+    """Read and validate a YAML file; raise ConfigError naming the file and every bad field."""
+    data = read_yaml(path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(path), err)) from None
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params take."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_hash(*parts: BaseModel | dict[str, Any]) -> str:
+    """A short content hash of configs: the identity of the stage they describe."""
+    blobs = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    text = json.dumps(blobs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

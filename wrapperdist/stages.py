@@ -1,0 +1,148 @@
+"""Stages: wire data, model and the training loop for one step of the pipeline, reporting through
+a sink. A stage is a function of (config, input checkpoint) → (checkpoint, metrics); it knows nothing
+of who runs it (CLI, Ray) or where metrics go (MLflow, memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wrapperdist.config import ExperimentConfig, TaskConfig, default_threads
+from wrapperdist.data import Family, PCFGTasks, TaskSpec, make_grammar, stream
+from wrapperdist.models import GPT, GPTShape
+from wrapperdist.sink import Sink
+from wrapperdist.train import answer_accuracy, load_checkpoint, train
+
+PRETRAIN_STREAM, FINETUNE_STREAM = 1, 2  # distinct seed streams per stage
+
+
+@dataclass
+class StageOutput:
+    checkpoint: Path
+    metrics: dict[str, float]
+
+
+def task_spec(task: TaskConfig) -> TaskSpec:
+    return TaskSpec(family=task.family, operand=task.operand)
+
+
+def build_tasks(cfg: ExperimentConfig) -> PCFGTasks:
+    g = cfg.grammar
+    grammar = make_grammar(
+        g.seed, g.levels, g.symbols_per_level, g.rules_per_symbol, g.rhs_len, g.terminal_rhs_len
+    )
+    return PCFGTasks(grammar, g.min_len, g.max_len, g.index_k)
+
+
+def model_shape(cfg: ExperimentConfig, tasks: PCFGTasks) -> GPTShape:
+    m = cfg.model
+    return GPTShape(
+        vocab_size=tasks.vocab.size, seq_len=tasks.seq_len, n_layer=m.n_layer, n_head=m.n_head,
+        d_model=m.d_model, d_mlp=m.d_mlp or 4 * m.d_model, dropout=m.dropout,
+    )
+
+
+def load_model(path: str | Path) -> tuple[GPT, dict]:
+    state, meta = load_checkpoint(path)
+    model = GPT(GPTShape(**meta["shape"]))
+    model.load_state_dict(state)
+    return model, meta
+
+
+def set_threads(cfg: ExperimentConfig) -> int:
+    threads = cfg.torch_threads or default_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def pretrain_batches(cfg: ExperimentConfig, tasks: PCFGTasks, seed_offset: int = 0):
+    data = cfg.pretrain.data
+    weights = {Family(f): w for f, w in data.families.items()}
+    prior = np.array(data.prior_vector())
+    make = partial(tasks.mixture_batch, cfg.pretrain.optim.batch_size, family_weights=weights, prior=prior)
+    return stream(lambda rng: make(rng), seed=(cfg.seed, PRETRAIN_STREAM, seed_offset))
+
+
+def finetune_batches(cfg: ExperimentConfig, tasks: PCFGTasks, seed_offset: int = 0):
+    ft = cfg.finetune
+    make = partial(
+        tasks.task_batch, cfg.finetune.optim.batch_size, task=task_spec(ft.task),
+        spurious_fraction=ft.spurious_fraction, partner=task_spec(cfg.pretrain.capability),
+        offset=ft.spurious_offset,
+    )
+    return stream(lambda rng: make(rng), seed=(cfg.seed, FINETUNE_STREAM, seed_offset))
+
+
+def eval_sets(cfg: ExperimentConfig, tasks: PCFGTasks) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed held-out sets, the same for every stage of an experiment:
+    pt_acc            the pretraining capability (count O_PT), no spurious correlation
+    ft_acc            the fine-tuning task (count O_FT), C_Te = 0
+    ft_acc_spurious   the fine-tuning task on strings where the planted relation holds, C_Te = 1
+    mix_acc           the whole pretraining mixture"""
+    rng = np.random.default_rng(cfg.eval.seed)
+    n = cfg.eval.samples
+    pt, ft = task_spec(cfg.pretrain.capability), task_spec(cfg.finetune.task)
+    data = cfg.pretrain.data
+    raw = {
+        "pt_acc": tasks.task_batch(n, rng, pt),
+        "ft_acc": tasks.task_batch(n, rng, ft),
+        "ft_acc_spurious": tasks.task_batch(n, rng, ft, 1.0, pt, cfg.finetune.spurious_offset),
+        "mix_acc": tasks.mixture_batch(
+            n, rng, {Family(f): w for f, w in data.families.items()}, np.array(data.prior_vector())
+        ),
+    }
+    return {k: (torch.from_numpy(t), torch.from_numpy(a)) for k, (t, a) in raw.items()}
+
+
+def make_evaluator(sets: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return {name: answer_accuracy(model, tokens, answers) for name, (tokens, answers) in sets.items()}
+
+    return evaluate
+
+
+def _meta(cfg: ExperimentConfig, shape: GPTShape, stage: str) -> dict:
+    return {"stage": stage, "shape": shape.to_dict(), "config": cfg.model_dump(mode="json")}
+
+
+def run_pretrain(cfg: ExperimentConfig, out_dir: Path, sink: Sink) -> StageOutput:
+    """Pretrain from scratch on the task mixture under the sampling prior."""
+    set_threads(cfg)
+    tasks = build_tasks(cfg)
+    shape = model_shape(cfg, tasks)
+    torch.manual_seed(cfg.seed)
+    model = GPT(shape)
+    sink.log_metrics({"num_params": float(model.num_params())}, 0)
+    result = train(
+        model, pretrain_batches(cfg, tasks), cfg.pretrain.optim, sink,
+        evaluate=make_evaluator(eval_sets(cfg, tasks)),
+        checkpoint_path=Path(out_dir) / "model.pt", checkpoint_meta=_meta(cfg, shape, "pretrain"),
+        desc=f"pretrain {cfg.name}", progress=cfg.progress,
+    )
+    return StageOutput(result.checkpoint, result.final_metrics)
+
+
+def run_finetune(cfg: ExperimentConfig, init_checkpoint: Path, out_dir: Path, sink: Sink) -> StageOutput:
+    """Fine-tune a pretrained checkpoint on the single fine-tuning task (with C_Tr spurious share)."""
+    set_threads(cfg)
+    tasks = build_tasks(cfg)
+    shape = model_shape(cfg, tasks)
+    model, meta = load_model(init_checkpoint)
+    if model.shape.vocab_size != shape.vocab_size or model.shape.seq_len != shape.seq_len:
+        raise ValueError(
+            f"{init_checkpoint}: model has vocab {model.shape.vocab_size} / seq_len {model.shape.seq_len}, "
+            f"but this config's data needs {shape.vocab_size} / {shape.seq_len} (grammar.max_len differs?)"
+        )
+    torch.manual_seed(cfg.seed)
+    result = train(
+        model, finetune_batches(cfg, tasks), cfg.finetune.optim, sink,
+        evaluate=make_evaluator(eval_sets(cfg, tasks)),
+        checkpoint_path=Path(out_dir) / "model.pt",
+        checkpoint_meta={**_meta(cfg, model.shape, "finetune"), "parent_stage": meta.get("stage")},
+        desc=f"finetune {cfg.name}", progress=cfg.progress,
+    )
+    return StageOutput(result.checkpoint, result.final_metrics)

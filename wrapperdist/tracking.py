@@ -1,0 +1,122 @@
+"""MLflow: where runs are stored, the run tree (invocation → stage runs), and a Sink that writes to
+one run. This is the only module that talks to MLflow; it is also the only *writer* in a process,
+which keeps a SQLite store free of concurrent-writer locks.
+
+Store: `$MLFLOW_TRACKING_URI` if set, else the config's `tracking.tracking_uri`, else
+`sqlite:///<cwd>/mlflow.db` — the store that `mlflow ui`, started in the same directory with no
+arguments, opens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+STAGE_TAG = "wrapperdist.stage"
+PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests runs by
+MAX_PARAM_LEN = 6000
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class MLflowSink:
+    """A Sink writing to one MLflow run through the client API (no global "active run" state)."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.client.log_figure(self.run_id, figure, name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+class Tracker:
+    """Creates runs in one experiment and closes them with the right status."""
+
+    def __init__(self, experiment: str, tracking_uri: str | None = None):
+        self.uri = resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=self._artifact_root(experiment)
+            )
+
+    def _artifact_root(self, experiment: str) -> str | None:
+        """Next to a local SQLite store, keep artifacts beside the db (not wherever the CWD was)."""
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+        return None
+
+    @contextmanager
+    def run(
+        self, name: str, parent_id: str | None = None, params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Iterator[MLflowSink]:
+        """A run that ends FINISHED, FAILED (exception) or KILLED (Ctrl-C) — never left RUNNING."""
+        all_tags = dict(tags or {})
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        sink = MLflowSink(self.client, run.info.run_id)
+        if params:
+            sink.log_params(params)
+        try:
+            yield sink
+        except KeyboardInterrupt:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            raise
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def children(self, parent_id: str) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
+        )
+
+    def stage_checkpoint(self, run_id: str, stage: str, dest: Path) -> Path:
+        """The checkpoint of `stage` in run `run_id`: the run itself if it is that stage, else its
+        child of that stage. Downloaded to `dest` (works against remote artifact stores too)."""
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(STAGE_TAG) != stage:
+            matches = [r for r in self.children(run_id) if r.data.tags.get(STAGE_TAG) == stage]
+            if not matches:
+                raise ValueError(f"run {run_id} is not a {stage} run and has no {stage} child run")
+            run = matches[0]
+        dest.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="checkpoint/model.pt", dst_path=str(dest),
+            tracking_uri=self.uri,
+        )
+        return Path(local)
