@@ -175,6 +175,58 @@ class EvalConfig(Strict):
     seed: int = 1_000_003  # far from training seeds, so eval sets never overlap a training stream
 
 
+class PruneConfig(Strict):
+    """Pruning MLP units to revive the pretraining capability (paper App. D: 5-15 neurons suffice)."""
+
+    ks: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 5, 10, 15, 20, 30, 50]
+    score_samples: PositiveInt = Field(1024, description="pretraining-task examples for the one-step score")
+    random_controls: PositiveInt = Field(3, description="random rankings averaged for the control curve")
+    learned_steps: PositiveInt = 300
+    learned_lr: Annotated[float, Field(gt=0.0)] = 0.05
+    learned_penalty: Annotated[float, Field(ge=0.0)] = 1.0
+    learned_batch_size: PositiveInt = 256
+
+
+class ProbeConfig(Strict):
+    """Linear probes on the residual stream at the answer position (paper App. D)."""
+
+    samples: PositiveInt = 4000
+    test_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    steps: PositiveInt = 1000
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+
+
+class ReftConfig(Strict):
+    """Reverse fine-tuning: train the fine-tuned model back on the pretraining capability. The
+    paper uses the fine-tuning hyperparameters at a smaller LR; the Scr.+FT control gets the same
+    protocol at this LR and at `control_lr_multiplier` times it."""
+
+    steps: PositiveInt = 400
+    lr: Annotated[float, Field(gt=0.0)] = 1e-4
+    eval_every: PositiveInt = 20
+    control_lr_multiplier: Annotated[float, Field(gt=0.0)] = 10.0
+
+
+class VerdictConfig(Strict):
+    """Explicit thresholds of the wrapper verdict."""
+
+    prune_max_k: PositiveInt = Field(15, description="pruning counts only if it works with at most this many units")
+    prune_min_gain: Fraction = Field(0.3, description="pt_acc gain from pruning that counts as revival")
+    probe_margin: Fraction = Field(0.15, description="probe accuracy above the random-init floor that counts")
+    reft_threshold: Fraction = Field(0.9, description="pt_acc that counts as revived")
+    reft_speedup: Annotated[float, Field(ge=1.0)] = Field(
+        2.0, description="reFT must reach the threshold this many times faster than Scr.+FT at the same LR"
+    )
+
+
+class AnalysisConfig(Strict):
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    reft: ReftConfig = Field(default_factory=ReftConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    attention_prompts: PositiveInt = 4
+
+
 class TrackingConfig(Strict):
     experiment: str = "wrapperdist"
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
@@ -193,6 +245,7 @@ class ExperimentConfig(Strict):
     pretrain: PretrainConfig
     finetune: FinetuneConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
