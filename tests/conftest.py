@@ -18,6 +18,13 @@ TINY = {
     "finetune": {"spurious_fraction": 0.5,
                  "optim": {"lr": 1e-3, "steps": 20, "batch_size": 16, "eval_every": 10, "log_every": 5}},
     "eval": {"samples": 64},
+    "analysis": {
+        "prune": {"ks": [0, 1, 4], "score_samples": 64, "random_controls": 2, "learned_steps": 10,
+                  "learned_batch_size": 32},
+        "probe": {"samples": 120, "steps": 30},
+        "reft": {"steps": 20, "eval_every": 10},
+        "attention_prompts": 2,
+    },
 }
 
 

@@ -65,3 +65,31 @@ def test_validate_command(tiny_config, tmp_path, capsys):
     bad.write_text(tiny_config.read_text().replace("lr: 0.001", "lr: -1"))
     assert main(["validate", str(bad)]) == 2
     assert "finetune.optim.lr" in capsys.readouterr().err
+
+
+def test_analysis_is_a_child_of_the_finetune_run(tiny_config, capsys):
+    assert main(["run", str(tiny_config), "--analyze"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\n\nMLflow store")[0])
+    runs = {r.info.run_id: r for r in _runs()}
+    analysis = runs[summary["analysis"]["run_id"]]
+    assert analysis.data.tags["mlflow.parentRunId"] == summary["finetune"]["run_id"]
+    assert analysis.data.tags["wrapperdist.verdict"] in {"wrapper", "capability changed", "mixed"}
+    assert analysis.info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    files = {a.path for a in client.list_artifacts(analysis.info.run_id)}
+    assert {"report.md", "pruning.png", "probes.png", "reft.png", "attention.png"} <= files
+    # curves are logged against their x-axis: K for pruning, step for reFT, depth for probes
+    assert [m.step for m in client.get_metric_history(analysis.info.run_id, "prune.paper.pt_acc")] == [0, 1, 4]
+    reft = client.get_metric_history(analysis.info.run_id, "reft.finetuned.pt_acc")
+    assert [m.step for m in reft] == [0, 10, 20]
+    probe = client.get_metric_history(analysis.info.run_id, "probe.pt.fine-tuned")
+    assert [m.step for m in probe] == [0, 1]  # the embeddings and the one block of the tiny model
+    # the Scr.+FT control was pretrained once, as a child of the analysis run, and is reused next time
+    control = [r for r in runs.values() if r.data.tags.get("wrapperdist.role") == "scr_control"]
+    assert len(control) == 1 and control[0].data.tags["mlflow.parentRunId"] == analysis.info.run_id
+    assert control[0].data.params["pretrain.data.prior.b"] == str(0.9)
+    report = (tiny_config.parent / "runs").rglob("report.md")
+    assert "Verdict:" in next(report).read_text()
+    assert main(["analyze", summary["parent_run_id"]]) == 0
+    again = [r for r in _runs() if r.data.tags.get("wrapperdist.role") == "scr_control"]
+    assert len(again) == 1  # reused, not retrained

@@ -54,6 +54,22 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from wrapperdist.pipeline import analyze_run
+
+    override = _load(args.config) if args.config else None
+    if override is not None and args.no_progress:
+        override = override.model_copy(update={"progress": False})
+    try:
+        result = analyze_run(args.run_id, override)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    print(f"\nverdict: {result['verdict']}   report: {result['report']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapperdist", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,12 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda a: _run(a, ("finetune",)))
 
-    p = sub.add_parser("run", help="pretrain, then fine-tune: the whole experiment in one invocation",
+    p = sub.add_parser("run", help="pretrain, then fine-tune (and --analyze): the whole experiment",
                        description="Pretrain and fine-tune one experiment in this process; one MLflow parent "
-                       "run with a child per stage.")
+                       "run with a child per stage. With --analyze, the analysis stage follows as a child of "
+                       "the fine-tune run.")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    p.add_argument("--analyze", action="store_true", help="also run pruning, probing, attention and reFT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=lambda a: _run(a, ("pretrain", "finetune")))
+    p.set_defaults(func=lambda a: _run(a, ("pretrain", "finetune", "analyze") if a.analyze
+                                       else ("pretrain", "finetune")))
+
+    p = sub.add_parser("analyze", help="the wrapper verdict for a fine-tuned run",
+                       description="Run the four analyses on a fine-tuned model — one-step grad x weight "
+                       "pruning and a learned mask (with a random-units control), linear probes per layer, "
+                       "attention maps, and reverse fine-tuning against the Scr.+FT control and a random "
+                       "init — then write report.md with the verdict ('wrapper', 'capability changed' or "
+                       "'mixed') and its thresholds. Logged as a child run of the fine-tune run.")
+    p.add_argument("run_id", metavar="RUN", help="a fine-tune run id, or an invocation run id with a fine-tune child")
+    p.add_argument("--config", help="experiment YAML overriding the config stored with the checkpoint "
+                   "(e.g. other thresholds or reFT budget)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
+from wrapperdist.analyze import analyze, control_config
 from wrapperdist.config import ExperimentConfig, config_hash, flatten
 from wrapperdist.plots import training_curves
 from wrapperdist.sink import MemorySink, TeeSink
-from wrapperdist.stages import StageOutput, run_finetune, run_pretrain
+from wrapperdist.stages import StageOutput, load_model, run_finetune, run_pretrain
 from wrapperdist.tracking import STAGE_TAG, Tracker
+from wrapperdist.train import load_checkpoint
+
+INIT_TAG = "wrapperdist.init_checkpoint"  # where a fine-tune started: analyses need the pretrained model
 
 
 def pretrain_hash(cfg: ExperimentConfig) -> str:
@@ -21,9 +26,10 @@ def pretrain_hash(cfg: ExperimentConfig) -> str:
     return config_hash({"seed": cfg.seed}, cfg.grammar, cfg.model, cfg.pretrain, cfg.eval)
 
 
-def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_id: str, out_dir: Path, run):
+def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_id: str, out_dir: Path, run,
+                   extra_tags: dict[str, str] | None = None):
     memory = MemorySink()
-    tags = {STAGE_TAG: stage, "wrapperdist.pretrain_hash": pretrain_hash(cfg)}
+    tags = {STAGE_TAG: stage, "wrapperdist.pretrain_hash": pretrain_hash(cfg), **(extra_tags or {})}
     with tracker.run(f"{stage} {cfg.name}", parent_id, flatten(cfg.model_dump(mode="json")), tags) as sink:
         out: StageOutput = run(TeeSink(sink, memory))
         sink.log_artifact(out.checkpoint, "checkpoint")
@@ -34,8 +40,9 @@ def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_i
 def run_experiment(
     cfg: ExperimentConfig, stages: tuple[str, ...] = ("pretrain", "finetune"), init_from: str | None = None
 ) -> dict:
-    """Run the requested stages. `init_from` (fine-tune only) is a checkpoint path or an MLflow run id
-    (a pretrain run, or an invocation run with a pretrain child). Returns a summary dict."""
+    """Run the requested stages (pretrain, finetune, analyze). `init_from` (fine-tune only) is a
+    checkpoint path or an MLflow run id (a pretrain run, or an invocation run with a pretrain child).
+    Returns a summary dict."""
     tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri)
     summary: dict = {"tracking_uri": tracker.uri}
     params = flatten(cfg.model_dump(mode="json"))
@@ -65,10 +72,74 @@ def run_experiment(
             out, run_id = _tracked_stage(
                 tracker, cfg, "finetune", parent.run_id, root / "finetune",
                 lambda sink: run_finetune(cfg, init, root / "finetune", sink),
+                extra_tags={INIT_TAG: str(init.resolve())},
             )
             summary["finetune"] = {"run_id": run_id, "checkpoint": str(out.checkpoint), **out.metrics}
             parent.log_metrics({f"finetune.{k}": v for k, v in out.metrics.items()}, 0)
+            if "analyze" in stages:
+                result = run_analysis(tracker, cfg, run_id, init, out.checkpoint, root / "analysis")
+                summary["analysis"] = result
+                parent.log_metrics({"analysis.wrapper": float(result["verdict"] == "wrapper")}, 0)
     return summary
+
+
+def control_checkpoint(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) -> Path:
+    """The Scr.+FT control's pretrained model, trained once per distinct config and reused after."""
+    control = control_config(cfg)
+    path = cfg.output_dir / "store" / f"pretrain-{pretrain_hash(control)}" / "model.pt"
+    if not path.is_file():
+        _tracked_stage(tracker, control, "pretrain", parent_id, path.parent,
+                       lambda sink: run_pretrain(control, path.parent, sink), {"wrapperdist.role": "scr_control"})
+    return path
+
+
+def run_analysis(tracker: Tracker, cfg: ExperimentConfig, finetune_run_id: str, pretrained: Path,
+                 finetuned: Path, out_dir: Path) -> dict:
+    """The analysis stage, as a child run of the fine-tune run: evidence, verdict, report, figures."""
+    tags = {STAGE_TAG: "analysis", "wrapperdist.pretrain_hash": pretrain_hash(cfg)}
+    params = flatten({"analysis": cfg.analysis.model_dump(mode="json")})
+    with tracker.run(f"analysis {cfg.name}", finetune_run_id, params, tags) as sink:
+        control = control_checkpoint(tracker, cfg, sink.run_id)
+        models = [load_model(p)[0] for p in (pretrained, finetuned, control)]
+        output = analyze(cfg, *models, sink)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = out_dir / "report.md"
+        report.write_text(output.report)
+        sink.log_artifact(report)
+        for name, fig in output.figures.items():
+            fig.savefig(out_dir / f"{name}.png", dpi=110)
+            sink.log_figure(fig, f"{name}.png")
+        sink.set_tags({"wrapperdist.verdict": output.verdict.label})
+        return {"run_id": sink.run_id, "verdict": output.verdict.label, "report": str(report),
+                **{k: v for k, v in asdict(output.evidence).items()}}
+
+
+def analyze_run(ref: str, override: ExperimentConfig | None = None) -> dict:
+    """`wrapperdist analyze RUN`: RUN is a fine-tune run id or an invocation with a fine-tune child.
+    The experiment config comes from the fine-tuned checkpoint unless `override` is given."""
+    probe_cfg = override or ExperimentConfig.model_validate(_default_experiment())
+    tracker = Tracker(probe_cfg.tracking.experiment, probe_cfg.tracking.tracking_uri)
+    run = tracker.client.get_run(ref)
+    tracker.experiment_id = run.info.experiment_id  # the analysis joins the run's own experiment
+    ft_run = run if run.data.tags.get(STAGE_TAG) == "finetune" else next(
+        (r for r in tracker.children(ref) if r.data.tags.get(STAGE_TAG) == "finetune"), None)
+    if ft_run is None:
+        raise ValueError(f"run {ref} is neither a fine-tune run nor an invocation with one")
+    scratch = Path(tempfile.mkdtemp(prefix="wrapperdist-analyze-"))
+    finetuned = tracker.stage_checkpoint(ft_run.info.run_id, "finetune", scratch / "finetune")
+    _, meta = load_checkpoint(finetuned)
+    cfg = override or ExperimentConfig.model_validate(meta["config"])
+    pretrained = Path(ft_run.data.tags.get(INIT_TAG, ""))
+    if not pretrained.is_file():
+        raise ValueError(f"the pretrained checkpoint of run {ft_run.info.run_id} ({pretrained}) is not on this machine")
+    out_dir = cfg.output_dir / f"analysis-{ft_run.info.run_id[:8]}"
+    return run_analysis(tracker, cfg, ft_run.info.run_id, pretrained, finetuned, out_dir)
+
+
+def _default_experiment() -> dict:
+    """Only the tracking section matters before the run's own config is read."""
+    optim = {"lr": 1.0, "steps": 1, "batch_size": 1}
+    return {"pretrain": {"optim": optim}, "finetune": {"optim": optim}}
 
 
 def _resolve_init(tracker: Tracker, ref: str | Path | None, root: Path) -> Path:

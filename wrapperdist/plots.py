@@ -39,3 +39,72 @@ def training_curves(history: MemorySink, title: str) -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def pruning_figure(curves: dict[str, list[tuple[int, dict[str, float]]]], title: str) -> Figure:
+    """Pretraining- and fine-tuning-task accuracy against units removed, one line per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    styles = {"grad x weight (paper)": "-o", "learned mask": "-s", "random units (control)": "--^"}
+    for ax, key, label in zip(axes, ("pt_acc", "ft_acc"), ("pretraining task (count O_PT)",
+                                                          "fine-tuning task (count O_FT)"), strict=True):
+        for method, points in curves.items():
+            ks = [k for k, _ in points]
+            ax.plot(ks, [m[key] for _, m in points], styles.get(method, "-"), markersize=4, label=method)
+        ax.set(xlabel="MLP units removed (K)", title=label, ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("answer accuracy")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def probe_figure(results: dict[str, dict[str, dict[str, float]]], floor: dict[str, float], title: str) -> Figure:
+    """Held-out probe accuracy per layer; `results[target][model][layer]`, one panel per target."""
+    targets = list(results)
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4), sharey=True, squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        for model, per_layer in results[target].items():
+            layers = list(per_layer)
+            ax.plot(range(len(layers)), list(per_layer.values()), "-o", markersize=4, label=model)
+        ax.axhline(floor[target], color="grey", linestyle=":", label="majority class")
+        ax.set_xticks(range(len(layers)), [n.replace(".resid_post", "").replace("blocks.", "block ")
+                                           for n in layers], rotation=20, fontsize=8)
+        ax.set(title=f"probe target: {target}", xlabel="residual stream after", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out probe accuracy")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reft_figure(curves: dict[str, list[tuple[int, float]]], threshold: float, title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, points in curves.items():
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, "-", marker=".", label=label)
+    ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:.0%}")
+    ax.set(xlabel="reFT step", ylabel="pretraining-task accuracy (count O_PT)", ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(before, after, labels: list[str], title: str) -> Figure:
+    """Grid of attention patterns of one prompt: rows = layers, columns = heads, pretrained | fine-tuned.
+    `before`/`after`: (n_layer, n_head, T, T) arrays."""
+    n_layer, n_head = before.shape[:2]
+    fig, axes = plt.subplots(n_layer, 2 * n_head, figsize=(2.1 * 2 * n_head, 2.2 * n_layer + 0.6), squeeze=False)
+    for layer in range(n_layer):
+        for head in range(n_head):
+            for side, (patterns, name) in enumerate(((before, "PT"), (after, "FT"))):
+                ax = axes[layer][side * n_head + head]
+                ax.imshow(patterns[layer, head], vmin=0, vmax=1, cmap="viridis")
+                ax.set_title(f"{name} L{layer} H{head}", fontsize=7)
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(f"{title}\nprompt: {' '.join(labels)}", fontsize=8)
+    fig.tight_layout()
+    return fig

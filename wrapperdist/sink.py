@@ -63,3 +63,22 @@ class TeeSink:
     def log_figure(self, figure: Any, name: str) -> None:
         for s in self.sinks:
             s.log_figure(figure, name)
+
+
+class PrefixSink:
+    """Prefixes metric and figure names, so several sub-analyses can share one run."""
+
+    def __init__(self, sink: Sink, prefix: str):
+        self.sink, self.prefix = sink, prefix
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.sink.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.sink.log_params({f"{self.prefix}{k}": v for k, v in params.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.sink.log_artifact(path, artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.sink.log_figure(figure, name)

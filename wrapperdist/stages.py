@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wrapperdist.config import ExperimentConfig, TaskConfig, default_threads
+from wrapperdist.config import ExperimentConfig, OptimConfig, TaskConfig, default_threads
 from wrapperdist.data import Family, PCFGTasks, TaskSpec, make_grammar, stream
 from wrapperdist.models import GPT, GPTShape
-from wrapperdist.sink import Sink
+from wrapperdist.sink import MemorySink, Sink, TeeSink
 from wrapperdist.train import answer_accuracy, load_checkpoint, train
 
-PRETRAIN_STREAM, FINETUNE_STREAM = 1, 2  # distinct seed streams per stage
+PRETRAIN_STREAM, FINETUNE_STREAM, REFT_STREAM = 1, 2, 3  # distinct seed streams per stage
 
 
 @dataclass
@@ -146,3 +146,29 @@ def run_finetune(cfg: ExperimentConfig, init_checkpoint: Path, out_dir: Path, si
         desc=f"finetune {cfg.name}", progress=cfg.progress,
     )
     return StageOutput(result.checkpoint, result.final_metrics)
+
+
+def capability_batches(cfg: ExperimentConfig, tasks: PCFGTasks, batch_size: int, seed_offset: int = 0):
+    """The pretraining capability alone (count O_PT, no spurious correlation): reFT's data."""
+    make = partial(tasks.task_batch, batch_size, task=task_spec(cfg.pretrain.capability))
+    return stream(lambda rng: make(rng), seed=(cfg.seed, REFT_STREAM, seed_offset))
+
+
+def reft_optim(cfg: ExperimentConfig, lr: float) -> OptimConfig:
+    """The paper's reFT protocol: fine-tuning's hyperparameters, at another (smaller) LR."""
+    r = cfg.analysis.reft
+    return cfg.finetune.optim.model_copy(update={"lr": lr, "steps": r.steps, "eval_every": r.eval_every,
+                                                 "checkpoint_every": 0})
+
+
+def run_reft(cfg: ExperimentConfig, model: GPT, lr: float, sink: Sink, desc: str = "reft") -> list[tuple[int, float]]:
+    """Reverse fine-tune `model` (in place) on the pretraining capability; returns the pt_acc curve."""
+    set_threads(cfg)
+    tasks = build_tasks(cfg)
+    sets = eval_sets(cfg, tasks)
+    memory = MemorySink()
+    optim = reft_optim(cfg, lr)
+    torch.manual_seed(cfg.seed)
+    train(model, capability_batches(cfg, tasks, optim.batch_size), optim, TeeSink(sink, memory),
+          evaluate=make_evaluator({k: sets[k] for k in ("pt_acc", "ft_acc")}), desc=desc, progress=cfg.progress)
+    return memory.history("pt_acc")

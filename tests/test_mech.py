@@ -1,0 +1,165 @@
+"""Mechanics of the analyses on tiny models, with assertions that can fail."""
+
+import numpy as np
+import pytest
+import torch
+
+from wrapperdist.mech import (
+    Evidence,
+    attention_patterns,
+    grad_x_weight_scores,
+    is_monotone_in_steps,
+    judge,
+    learned_removal_mask,
+    pattern_shift,
+    probe_layers,
+    random_ranking,
+    rank_units,
+    removal_curve,
+    steps_to_reach,
+    train_probe,
+    units_removed,
+)
+from wrapperdist.models import GPT, GPTShape
+
+SHAPE = GPTShape(vocab_size=12, seq_len=8, n_layer=2, n_head=2, d_model=16, d_mlp=24)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(SHAPE).eval()
+
+
+def _batch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, SHAPE.vocab_size, (n, SHAPE.seq_len), generator=g)
+    return tokens, tokens[:, 0] % 4  # a learnable target: the first token mod 4
+
+
+def test_units_removed_zeroes_exactly_and_restores(model):
+    tokens, _ = _batch()
+    before = model(tokens)
+    with units_removed(model, [(0, 3), (1, 7)]), model.capture(["blocks.0.mlp.hidden", "blocks.1.mlp.hidden"]) as c:
+        during = model(tokens)
+        assert c["blocks.0.mlp.hidden"][..., 3].abs().max() == 0
+        assert c["blocks.1.mlp.hidden"][..., 7].abs().max() == 0
+        assert c["blocks.0.mlp.hidden"][..., 4].abs().max() > 0
+    assert not torch.allclose(before, during)
+    torch.testing.assert_close(model(tokens), before)  # masks gone afterwards
+
+
+def test_grad_x_weight_is_first_order_effect_of_removal(model):
+    """The score of a unit predicts the loss change of removing it (first-order Taylor)."""
+    tokens, answers = _batch(256)
+    scores = grad_x_weight_scores(model, tokens, answers)
+    assert [s.shape for s in scores] == [(SHAPE.d_mlp,)] * SHAPE.n_layer
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        base = loss(model(tokens, last_only=True), answers).item()
+        deltas = []
+        for layer in range(SHAPE.n_layer):
+            for unit in range(SHAPE.d_mlp):
+                with units_removed(model, [(layer, unit)]):
+                    deltas.append(loss(model(tokens, last_only=True), answers).item() - base)
+    predicted = -torch.cat(scores).numpy()
+    corr = np.corrcoef(predicted, np.array(deltas))[0, 1]
+    assert corr > 0.9, corr
+
+
+def test_rank_units_orders_by_score():
+    ranking = rank_units([torch.tensor([0.1, 0.5]), torch.tensor([0.3, -1.0])])
+    assert ranking == [(0, 1), (1, 0), (0, 0), (1, 1)]
+
+
+def test_removal_curve_k0_is_unpruned(model):
+    tokens, answers = _batch()
+
+    def evaluate(m):
+        return {"acc": (m(tokens, last_only=True).argmax(-1) == answers).float().mean().item()}
+
+    curve = removal_curve(model, random_ranking(model, 0), [0, 5, 48], evaluate)
+    assert curve[0].metrics == evaluate(model) and [p.k for p in curve] == [0, 5, 48]
+
+
+def _plant_harmful_units(model, harmful):
+    """Make some units push the logits toward a wrong answer: removing them is what helps."""
+    with torch.no_grad():
+        for layer, unit in harmful:
+            model.blocks[layer].mlp.fc.bias[unit] = 5.0
+            model.blocks[layer].mlp.out.weight[:, unit] = 0.0
+            model.blocks[layer].mlp.out.weight[:, unit] += 0.5 * model.head.weight[11]  # toward token 11
+
+
+def test_learned_mask_finds_planted_units_and_beats_random(model):
+    harmful = [(0, 2), (1, 5), (1, 9)]
+    _plant_harmful_units(model, harmful)
+    tokens, answers = _batch(512, seed=1)
+    answers = torch.zeros_like(answers)  # target never 11: the planted units only hurt
+
+    def batches():
+        while True:
+            yield tokens, answers
+
+    learned = learned_removal_mask(model, batches(), steps=150, lr=0.1, penalty=0.05)
+    assert set(harmful) <= set(learned.ranking[:6])
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad(), units_removed(model, learned.ranking[:3]):
+        learned_loss = loss(model(tokens, last_only=True), answers).item()
+    random_losses = []
+    for seed in range(5):
+        with torch.no_grad(), units_removed(model, random_ranking(model, seed)[:3]):
+            random_losses.append(loss(model(tokens, last_only=True), answers).item())
+    assert learned.ranking[:3] != random_ranking(model, 0)[:3]
+    assert learned_loss < min(random_losses)
+    assert all(p.requires_grad for p in model.parameters())  # weights unfrozen afterwards
+
+
+def test_probe_recovers_planted_linear_target():
+    """A target written linearly into some coordinates is decoded; a random target is not."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 32, generator=g)
+    target = torch.randint(0, 5, (2000,), generator=g)
+    x[:, :5] += 6.0 * torch.nn.functional.one_hot(target, 5).float()
+    planted = train_probe(x[:1500], target[:1500], x[1500:], target[1500:], 5, steps=300, lr=1e-2)
+    noise = torch.randint(0, 5, (2000,), generator=g)
+    unrelated = train_probe(x[:1500], noise[:1500], x[1500:], noise[1500:], 5, steps=300, lr=1e-2)
+    assert planted.test_acc > 0.95
+    assert unrelated.test_acc < 0.35
+
+
+def test_probe_layers_covers_every_depth(model):
+    tokens, _ = _batch(200)
+    results = probe_layers(model, tokens, tokens[:, -1] % 3, 3, steps=300, lr=1e-2)
+    assert list(results) == ["embed", "blocks.0.resid_post", "blocks.1.resid_post"]
+    # the last token itself is in the residual stream at the answer position: trivially decodable
+    assert results["embed"].test_acc > 0.9
+
+
+def test_attention_patterns_and_shift(model):
+    tokens, _ = _batch(4)
+    p = attention_patterns(model, tokens)
+    assert p.shape == (SHAPE.n_layer, 4, SHAPE.n_head, SHAPE.seq_len, SHAPE.seq_len)
+    assert pattern_shift(p, p).abs().max() == 0
+    other = GPT(SHAPE).eval()
+    shift = pattern_shift(p, attention_patterns(other, tokens))
+    assert shift.shape == (SHAPE.n_layer, SHAPE.n_head) and (shift > 0).all() and (shift <= 1).all()
+
+
+def test_steps_to_reach_and_monotone_logging():
+    curve = [(0, 0.1), (20, 0.5), (40, 0.92), (60, 0.95)]
+    assert steps_to_reach(curve, 0.9) == 40
+    assert steps_to_reach(curve, 0.99) is None
+    assert is_monotone_in_steps(curve) and not is_monotone_in_steps([(0, 0.1), (0, 0.2)])
+
+
+def test_verdict_thresholds():
+    base = dict(pt_acc_finetuned=0.05, prune_best_gain=0.5, prune_best_k=10, probe_finetuned=0.9,
+                probe_random_init=0.3, probe_pretrained=0.95, reft_steps_finetuned=40, reft_steps_control=300,
+                reft_budget=400)
+    assert judge(Evidence(**base), 0.3, 0.15, 2.0).label == "wrapper"
+    changed = {**base, "prune_best_gain": 0.0, "probe_finetuned": 0.35, "reft_steps_finetuned": 280}
+    assert judge(Evidence(**changed), 0.3, 0.15, 2.0).label == "capability changed"
+    never = {**base, "reft_steps_control": None}  # control never got there: counts as budget + 1
+    assert judge(Evidence(**never), 0.3, 0.15, 2.0).reft_speedup == pytest.approx(401 / 40)
+    assert judge(Evidence(**base), 0.3, 0.15, 10.0).label == "mixed"  # stricter speed-up not met

@@ -1,0 +1,225 @@
+"""The analysis stage: pruning, probing, attention maps and reFT on a fine-tuned model, the wrapper
+verdict, and a Markdown report. Pure over (config, models); reports through a sink."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from wrapperdist.config import ExperimentConfig
+from wrapperdist.data import TERMINALS, PCFGTasks
+from wrapperdist.mech import (
+    Evidence,
+    Verdict,
+    attention_patterns,
+    grad_x_weight_scores,
+    judge,
+    learned_removal_mask,
+    majority_baseline,
+    pattern_shift,
+    probe_layers,
+    random_ranking,
+    rank_units,
+    removal_curve,
+    steps_to_reach,
+)
+from wrapperdist.models import GPT
+from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure
+from wrapperdist.sink import PrefixSink, Sink
+from wrapperdist.stages import (
+    build_tasks,
+    capability_batches,
+    eval_sets,
+    make_evaluator,
+    model_shape,
+    run_reft,
+    set_threads,
+    task_spec,
+)
+
+ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
+
+
+def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Scr.+FT control: the same pretraining with O_FT in O_PT's place (their prior masses swapped),
+    so the model is strong at counting O_FT and never had a strong O_PT counter."""
+    prior = list(cfg.pretrain.data.prior_vector())
+    i, j = TERMINALS.index(cfg.pretrain.capability.operand), TERMINALS.index(cfg.finetune.task.operand)
+    prior[i], prior[j] = prior[j], prior[i]
+    data = cfg.pretrain.data.model_copy(update={"prior": dict(zip(TERMINALS, prior, strict=True))})
+    return cfg.model_copy(update={"name": f"{cfg.name}-scr-control",
+                                  "pretrain": cfg.pretrain.model_copy(update={"data": data})})
+
+
+@dataclass
+class AnalysisOutput:
+    evidence: Evidence
+    verdict: Verdict
+    report: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
+
+
+def _pruning(cfg, tasks: PCFGTasks, model: GPT, evaluate, sink: Sink):
+    p = cfg.analysis.prune
+    rng = np.random.default_rng(ANALYSIS_SEED)
+    tokens, answers = _as_tensors(tasks.task_batch(p.score_samples, rng, task_spec(cfg.pretrain.capability)))
+    paper = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
+    randoms = [removal_curve(model, random_ranking(model, seed), p.ks, evaluate) for seed in range(p.random_controls)]
+    random_mean = [(pt.k, {key: float(np.mean([r[i].metrics[key] for r in randoms])) for key in pt.metrics})
+                   for i, pt in enumerate(randoms[0])]
+    batches = (_as_tensors(b) for b in capability_batches(cfg, tasks, p.learned_batch_size, seed_offset=99))
+    learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
+    learned_curve = removal_curve(model, learned.ranking, p.ks, evaluate)
+    curves = {
+        "grad x weight (paper)": [(c.k, c.metrics) for c in paper],
+        "learned mask": [(c.k, c.metrics) for c in learned_curve],
+        "random units (control)": random_mean,
+    }
+    for method, key in (("grad x weight (paper)", "paper"), ("learned mask", "learned"),
+                        ("random units (control)", "random")):
+        for k, metrics in curves[method]:
+            sink.log_metrics({f"prune.{key}.{m}": v for m, v in metrics.items()}, k)
+    sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
+    return curves, learned
+
+
+def _probing(cfg, tasks: PCFGTasks, models: dict[str, GPT], sink: Sink):
+    pr = cfg.analysis.probe
+    rng = np.random.default_rng(ANALYSIS_SEED + 1)
+    n_classes = tasks.vocab.max_number + 1
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    floors: dict[str, float] = {}
+    for target_name, task in (("pretraining target (count O_PT)", cfg.pretrain.capability),
+                              ("fine-tuning target (count O_FT)", cfg.finetune.task)):
+        tokens, answers = _as_tensors(tasks.task_batch(pr.samples, rng, task_spec(task)))
+        targets = answers - tasks.vocab.number_offset  # counts 0..max_len
+        floors[target_name] = majority_baseline(targets, pr.test_frac)
+        results[target_name] = {}
+        key = "pt" if "O_PT" in target_name else "ft"
+        for model_name, model in models.items():
+            per_layer = probe_layers(model, tokens, targets, n_classes, pr.test_frac, pr.steps, pr.lr)
+            results[target_name][model_name] = {layer: r.test_acc for layer, r in per_layer.items()}
+            for depth, r in enumerate(per_layer.values()):
+                sink.log_metrics({f"probe.{key}.{model_name.split()[0]}": r.test_acc}, depth)
+    return results, floors
+
+
+def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT, sink: Sink) -> AnalysisOutput:
+    """Run all four analyses on `finetuned` (pretrained = its starting point, control = Scr.+FT)."""
+    set_threads(cfg)
+    tasks = build_tasks(cfg)
+    sets = eval_sets(cfg, tasks)
+    evaluate = make_evaluator({k: sets[k] for k in ("pt_acc", "ft_acc")})
+    a, v = cfg.analysis, cfg.analysis.verdict
+    figures: dict[str, Figure] = {}
+    base = evaluate(finetuned)
+
+    curves, learned = _pruning(cfg, tasks, finetuned, evaluate, sink)
+    figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})")
+
+    lr = a.reft.lr
+    torch.manual_seed(cfg.seed + 1)
+    random_init = GPT(model_shape(cfg, tasks))
+    reft_model = copy.deepcopy(finetuned)
+    reft_curves = {
+        f"fine-tuned → reFT (lr {lr:g})": run_reft(cfg, reft_model, lr, PrefixSink(sink, "reft.finetuned."),
+                                                   "reFT fine-tuned"),
+        f"Scr.+FT control (lr {lr:g})": run_reft(cfg, copy.deepcopy(control), lr,
+                                                 PrefixSink(sink, "reft.control."), "reFT control"),
+        f"Scr.+FT control (lr {lr * a.reft.control_lr_multiplier:g})": run_reft(
+            cfg, copy.deepcopy(control), lr * a.reft.control_lr_multiplier,
+            PrefixSink(sink, "reft.control_high_lr."), "reFT control, high lr"),
+        f"random init (lr {lr:g})": run_reft(cfg, copy.deepcopy(random_init), lr,
+                                             PrefixSink(sink, "reft.random_init."), "reFT random init"),
+    }
+    figures["reft"] = reft_figure(reft_curves, v.reft_threshold, f"reverse fine-tuning ({cfg.name})")
+    reft_steps = {label: steps_to_reach(curve, v.reft_threshold) for label, curve in reft_curves.items()}
+
+    models = {"pretrained": pretrained, "fine-tuned": finetuned, "reFT": reft_model, "random init": random_init}
+    probes, floors = _probing(cfg, tasks, models, sink)
+    figures["probes"] = probe_figure(probes, floors, f"linear probes per layer ({cfg.name})")
+
+    prompts = torch.from_numpy(tasks.task_batch(a.attention_prompts, np.random.default_rng(ANALYSIS_SEED + 2),
+                                                task_spec(cfg.pretrain.capability))[0])
+    before, after = attention_patterns(pretrained, prompts), attention_patterns(finetuned, prompts)
+    shift = pattern_shift(before, after)
+    for layer, row in enumerate(shift.tolist()):
+        sink.log_metrics({f"attention.shift.h{h}": x for h, x in enumerate(row)}, layer)
+    labels = [tasks.vocab.decode(int(t)) for t in prompts[0]]
+    figures["attention"] = attention_figure(before[:, 0].numpy(), after[:, 0].numpy(), labels,
+                                            f"attention, pretrained vs fine-tuned ({cfg.name})")
+
+    paper_curve = curves["grad x weight (paper)"]
+    gains = [(m["pt_acc"] - paper_curve[0][1]["pt_acc"], k) for k, m in paper_curve if k <= v.prune_max_k]
+    best_gain, best_k = max(gains) if gains else (0.0, 0)
+    pt_target = "pretraining target (count O_PT)"
+    labels_list = list(reft_curves)
+    evidence = Evidence(
+        pt_acc_finetuned=base["pt_acc"], prune_best_gain=best_gain, prune_best_k=best_k,
+        probe_finetuned=max(probes[pt_target]["fine-tuned"].values()),
+        probe_random_init=max(probes[pt_target]["random init"].values()),
+        probe_pretrained=max(probes[pt_target]["pretrained"].values()),
+        reft_steps_finetuned=reft_steps[labels_list[0]], reft_steps_control=reft_steps[labels_list[1]],
+        reft_budget=a.reft.steps,
+    )
+    verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
+    sink.log_metrics({f"evidence.{k}": float(x) for k, x in asdict(evidence).items() if x is not None}, 0)
+    report = render_report(cfg, evidence, verdict, curves, probes, floors, reft_steps, shift, len(learned.removed))
+    return AnalysisOutput(evidence, verdict, report, figures)
+
+
+def render_report(cfg, e: Evidence, verdict: Verdict, curves, probes, floors, reft_steps, shift,
+                  learned_removed: int) -> str:
+    v = cfg.analysis.verdict
+
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    lines = [
+        f"# Wrapper analysis: {cfg.name}",
+        "",
+        f"**Verdict: {verdict.label}** (pruning revives: {yes(verdict.pruning_revives)}, probe decodes: "
+        f"{yes(verdict.probe_decodes)}, reFT faster than Scr.+FT: {yes(verdict.reft_faster)})",
+        "",
+        f"Fine-tuned on {cfg.finetune.task.family}({cfg.finetune.task.operand}) at lr {cfg.finetune.optim.lr:g} "
+        f"for {cfg.finetune.optim.steps} steps, C_Tr = {cfg.finetune.spurious_fraction}; pretraining prior "
+        f"{cfg.pretrain.data.prior}. Pretraining-task accuracy of the fine-tuned model: {e.pt_acc_finetuned:.3f}.",
+        "",
+        "## Thresholds",
+        f"- pruning: pt_acc gain >= {v.prune_min_gain} with at most {v.prune_max_k} units (paper's grad·weight method)",
+        f"- probing: best-layer probe accuracy >= random-init probe + {v.probe_margin}",
+        f"- reFT: reach pt_acc {v.reft_threshold} at least {v.reft_speedup}x sooner than Scr.+FT at the same lr",
+        "",
+        "## Pruning (accuracy after removing the top-K MLP units)",
+        "",
+        "| K | " + " | ".join(f"{m}: pt / ft" for m in curves) + " |",
+        "|---|" + "---|" * len(curves),
+    ]
+    for i, (k, _) in enumerate(next(iter(curves.values()))):
+        cells = [f"{pts[i][1]['pt_acc']:.3f} / {pts[i][1]['ft_acc']:.3f}" for pts in curves.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", f"Best paper-method gain within K <= {v.prune_max_k}: {e.prune_best_gain:+.3f} at K = "
+              f"{e.prune_best_k}. The learned mask removed {learned_removed} units.", "",
+              "## Probes (held-out accuracy, best layer; per-layer values in probes.png)", "",
+              "| model | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
+    for model in next(iter(probes.values())):
+        lines.append(f"| {model} | " + " | ".join(f"{max(probes[t][model].values()):.3f}" for t in probes) + " |")
+    lines.append("| majority class | " + " | ".join(f"{floors[t]:.3f}" for t in probes) + " |")
+    lines += ["", f"## Reverse fine-tuning (steps to pt_acc >= {v.reft_threshold}, budget {e.reft_budget})", ""]
+    for label, steps in reft_steps.items():
+        lines.append(f"- {label}: {steps if steps is not None else 'not reached'}")
+    if verdict.reft_speedup is not None:
+        lines.append(f"\nSpeed-up of the fine-tuned model over Scr.+FT at the same lr: {verdict.reft_speedup:.1f}x")
+    lines += ["", "## Attention (pretrained vs fine-tuned, mean total-variation distance of the answer row)", ""]
+    for layer, row in enumerate(shift.tolist()):
+        lines.append(f"- layer {layer}: " + ", ".join(f"head {h} {x:.2f}" for h, x in enumerate(row)))
+    lines += ["", "Figures: pruning.png, probes.png, reft.png, attention.png"]
+    return "\n".join(lines) + "\n"

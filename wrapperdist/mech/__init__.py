@@ -1,0 +1,24 @@
+"""Mechanistic analyses as pure functions over (model, data): pruning, probing, attention, reFT
+bookkeeping and the wrapper verdict. No Ray, no MLflow."""
+
+from wrapperdist.mech.attention import attention_patterns, pattern_shift
+from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layers, residual_names, train_probe
+from wrapperdist.mech.pruning import (
+    CurvePoint,
+    LearnedMask,
+    grad_x_weight_scores,
+    learned_removal_mask,
+    random_ranking,
+    rank_units,
+    removal_curve,
+    units_removed,
+)
+from wrapperdist.mech.reft import is_monotone_in_steps, steps_to_reach
+from wrapperdist.mech.verdict import Evidence, Verdict, judge
+
+__all__ = [
+    "CurvePoint", "Evidence", "LearnedMask", "ProbeResult", "Verdict", "attention_patterns",
+    "grad_x_weight_scores", "is_monotone_in_steps", "judge", "learned_removal_mask", "majority_baseline",
+    "pattern_shift", "probe_layers", "random_ranking", "rank_units", "removal_curve", "residual_names",
+    "steps_to_reach", "train_probe", "units_removed",
+]
