@@ -75,7 +75,7 @@ def _pruning(cfg, tasks: PCFGTasks, model: GPT, evaluate, sink: Sink):
     randoms = [removal_curve(model, random_ranking(model, seed), p.ks, evaluate) for seed in range(p.random_controls)]
     random_mean = [(pt.k, {key: float(np.mean([r[i].metrics[key] for r in randoms])) for key in pt.metrics})
                    for i, pt in enumerate(randoms[0])]
-    batches = (_as_tensors(b) for b in capability_batches(cfg, tasks, p.learned_batch_size, seed_offset=99))
+    batches = (_as_tensors(b) for b in capability_batches(cfg, tasks, p.learned_batch_size, stream_id=1))
     learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
     learned_curve = removal_curve(model, learned.ranking, p.ks, evaluate)
     curves = {

@@ -70,6 +70,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from wrapperdist.sweep.spec import load_sweep
+
+    try:
+        sweep = load_sweep(args.spec)
+    except ConfigError as err:
+        print(f"invalid sweep:\n{err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from wrapperdist.sweep.driver import describe
+        from wrapperdist.sweep.plan import make_plan
+
+        print(describe(sweep, make_plan(sweep)))
+        return 0
+    from wrapperdist.sweep.driver import run_sweep
+
+    summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address)
+    print(json.dumps(summary, indent=2))
+    print(f"\nMLflow store: {summary['tracking_uri']}\n  browse it: mlflow ui   (from {Path.cwd()})")
+    return 1 if summary["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapperdist", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. other thresholds or reFT budget)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser("sweep", help="run a sweep spec: grids / Optuna search, on Ray or in-process",
+                       description="Run a sweep (sweeps/*.yaml): pretrain once per distinct pretraining config, "
+                       "fine-tune every grid point (or an Optuna search per grid point), then analyses and reFT "
+                       "at each revival budget. Stage outputs are content-addressed under storage_path/store, "
+                       "so finished stages are reused, never retrained. Results: one MLflow sweep run with the "
+                       "stage runs nested under it.")
+    p.add_argument("spec", metavar="SPEC", help="sweep YAML")
+    p.add_argument("--local", action="store_true",
+                   help="run every trial in this process, without starting Ray (debugging; breakpoints work)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the last interrupted run of this sweep: finished stages are kept, runs left "
+                   "RUNNING by a killed driver are marked KILLED")
+    p.add_argument("--dry-run", action="store_true", help="print the trials and resources, run nothing")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 

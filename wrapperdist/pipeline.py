@@ -12,24 +12,21 @@ import yaml
 
 from wrapperdist.analyze import analyze, control_config
 from wrapperdist.config import ExperimentConfig, config_hash, flatten
+from wrapperdist.identity import node_key
 from wrapperdist.plots import training_curves
 from wrapperdist.sink import MemorySink, TeeSink
 from wrapperdist.stages import StageOutput, load_model, run_finetune, run_pretrain
+from wrapperdist.store import Store, remove, scratch_dir, write_stage_outputs
 from wrapperdist.tracking import STAGE_TAG, Tracker
 from wrapperdist.train import load_checkpoint
 
 INIT_TAG = "wrapperdist.init_checkpoint"  # where a fine-tune started: analyses need the pretrained model
 
 
-def pretrain_hash(cfg: ExperimentConfig) -> str:
-    """Identity of a pretrained model: everything that shapes it, nothing that only fine-tuning reads."""
-    return config_hash({"seed": cfg.seed}, cfg.grammar, cfg.model, cfg.pretrain, cfg.eval)
-
-
 def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_id: str, out_dir: Path, run,
                    extra_tags: dict[str, str] | None = None):
     memory = MemorySink()
-    tags = {STAGE_TAG: stage, "wrapperdist.pretrain_hash": pretrain_hash(cfg), **(extra_tags or {})}
+    tags = {STAGE_TAG: stage, "wrapperdist.pretrain_key": node_key("pretrain", cfg), **(extra_tags or {})}
     with tracker.run(f"{stage} {cfg.name}", parent_id, flatten(cfg.model_dump(mode="json")), tags) as sink:
         out: StageOutput = run(TeeSink(sink, memory))
         sink.log_artifact(out.checkpoint, "checkpoint")
@@ -86,17 +83,23 @@ def run_experiment(
 def control_checkpoint(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) -> Path:
     """The Scr.+FT control's pretrained model, trained once per distinct config and reused after."""
     control = control_config(cfg)
-    path = cfg.output_dir / "store" / f"pretrain-{pretrain_hash(control)}" / "model.pt"
-    if not path.is_file():
-        _tracked_stage(tracker, control, "pretrain", parent_id, path.parent,
-                       lambda sink: run_pretrain(control, path.parent, sink), {"wrapperdist.role": "scr_control"})
-    return path
+    store, key = Store(str(cfg.output_dir)), node_key("pretrain", control)
+    if not store.done(key):
+        work = scratch_dir("control")
+        try:
+            out, _ = _tracked_stage(tracker, control, "pretrain", parent_id, work,
+                                    lambda sink: run_pretrain(control, work, sink), {"wrapperdist.role": "scr_control"})
+            write_stage_outputs(work, out.metrics, [])
+            store.put(key, work)
+        finally:
+            remove(work)
+    return store.fetch(key, cfg.output_dir / "fetched" / key) / "model.pt"
 
 
 def run_analysis(tracker: Tracker, cfg: ExperimentConfig, finetune_run_id: str, pretrained: Path,
                  finetuned: Path, out_dir: Path) -> dict:
     """The analysis stage, as a child run of the fine-tune run: evidence, verdict, report, figures."""
-    tags = {STAGE_TAG: "analysis", "wrapperdist.pretrain_hash": pretrain_hash(cfg)}
+    tags = {STAGE_TAG: "analysis", "wrapperdist.pretrain_key": node_key("pretrain", cfg)}
     params = flatten({"analysis": cfg.analysis.model_dump(mode="json")})
     with tracker.run(f"analysis {cfg.name}", finetune_run_id, params, tags) as sink:
         control = control_checkpoint(tracker, cfg, sink.run_id)

@@ -16,6 +16,7 @@ from wrapperdist.data import Family, PCFGTasks, TaskSpec, make_grammar, stream
 from wrapperdist.models import GPT, GPTShape
 from wrapperdist.sink import MemorySink, Sink, TeeSink
 from wrapperdist.train import answer_accuracy, load_checkpoint, train
+from wrapperdist.train.distributed import IN_PROCESS, Distributed
 
 PRETRAIN_STREAM, FINETUNE_STREAM, REFT_STREAM = 1, 2, 3  # distinct seed streams per stage
 
@@ -59,22 +60,24 @@ def set_threads(cfg: ExperimentConfig) -> int:
     return threads
 
 
-def pretrain_batches(cfg: ExperimentConfig, tasks: PCFGTasks, seed_offset: int = 0):
+def pretrain_batches(cfg: ExperimentConfig, tasks: PCFGTasks, dist: Distributed = IN_PROCESS):
+    """The pretraining stream; each data-parallel worker draws its own shard (seeded by rank)."""
     data = cfg.pretrain.data
     weights = {Family(f): w for f, w in data.families.items()}
     prior = np.array(data.prior_vector())
-    make = partial(tasks.mixture_batch, cfg.pretrain.optim.batch_size, family_weights=weights, prior=prior)
-    return stream(lambda rng: make(rng), seed=(cfg.seed, PRETRAIN_STREAM, seed_offset))
+    batch = dist.shard(cfg.pretrain.optim.batch_size)
+    make = partial(tasks.mixture_batch, batch, family_weights=weights, prior=prior)
+    return stream(lambda rng: make(rng), seed=(cfg.seed, PRETRAIN_STREAM, dist.rank))
 
 
-def finetune_batches(cfg: ExperimentConfig, tasks: PCFGTasks, seed_offset: int = 0):
+def finetune_batches(cfg: ExperimentConfig, tasks: PCFGTasks, dist: Distributed = IN_PROCESS):
     ft = cfg.finetune
     make = partial(
-        tasks.task_batch, cfg.finetune.optim.batch_size, task=task_spec(ft.task),
+        tasks.task_batch, dist.shard(ft.optim.batch_size), task=task_spec(ft.task),
         spurious_fraction=ft.spurious_fraction, partner=task_spec(cfg.pretrain.capability),
         offset=ft.spurious_offset,
     )
-    return stream(lambda rng: make(rng), seed=(cfg.seed, FINETUNE_STREAM, seed_offset))
+    return stream(lambda rng: make(rng), seed=(cfg.seed, FINETUNE_STREAM, dist.rank))
 
 
 def eval_sets(cfg: ExperimentConfig, tasks: PCFGTasks) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -109,24 +112,27 @@ def _meta(cfg: ExperimentConfig, shape: GPTShape, stage: str) -> dict:
     return {"stage": stage, "shape": shape.to_dict(), "config": cfg.model_dump(mode="json")}
 
 
-def run_pretrain(cfg: ExperimentConfig, out_dir: Path, sink: Sink) -> StageOutput:
+def run_pretrain(cfg: ExperimentConfig, out_dir: Path, sink: Sink, dist: Distributed = IN_PROCESS) -> StageOutput:
     """Pretrain from scratch on the task mixture under the sampling prior."""
     set_threads(cfg)
     tasks = build_tasks(cfg)
     shape = model_shape(cfg, tasks)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # same init on every worker (DDP also broadcasts rank 0's weights)
     model = GPT(shape)
-    sink.log_metrics({"num_params": float(model.num_params())}, 0)
+    if dist.is_main:
+        sink.log_metrics({"num_params": float(model.num_params())}, 0)
     result = train(
-        model, pretrain_batches(cfg, tasks), cfg.pretrain.optim, sink,
+        dist.wrap(model), pretrain_batches(cfg, tasks, dist), cfg.pretrain.optim, sink,
         evaluate=make_evaluator(eval_sets(cfg, tasks)),
         checkpoint_path=Path(out_dir) / "model.pt", checkpoint_meta=_meta(cfg, shape, "pretrain"),
-        desc=f"pretrain {cfg.name}", progress=cfg.progress,
+        is_main=dist.is_main, desc=f"pretrain {cfg.name}", progress=cfg.progress,
     )
     return StageOutput(result.checkpoint, result.final_metrics)
 
 
-def run_finetune(cfg: ExperimentConfig, init_checkpoint: Path, out_dir: Path, sink: Sink) -> StageOutput:
+def run_finetune(
+    cfg: ExperimentConfig, init_checkpoint: Path, out_dir: Path, sink: Sink, dist: Distributed = IN_PROCESS
+) -> StageOutput:
     """Fine-tune a pretrained checkpoint on the single fine-tuning task (with C_Tr spurious share)."""
     set_threads(cfg)
     tasks = build_tasks(cfg)
@@ -139,36 +145,40 @@ def run_finetune(cfg: ExperimentConfig, init_checkpoint: Path, out_dir: Path, si
         )
     torch.manual_seed(cfg.seed)
     result = train(
-        model, finetune_batches(cfg, tasks), cfg.finetune.optim, sink,
+        dist.wrap(model), finetune_batches(cfg, tasks, dist), cfg.finetune.optim, sink,
         evaluate=make_evaluator(eval_sets(cfg, tasks)),
         checkpoint_path=Path(out_dir) / "model.pt",
         checkpoint_meta={**_meta(cfg, model.shape, "finetune"), "parent_stage": meta.get("stage")},
-        desc=f"finetune {cfg.name}", progress=cfg.progress,
+        is_main=dist.is_main, desc=f"finetune {cfg.name}", progress=cfg.progress,
     )
     return StageOutput(result.checkpoint, result.final_metrics)
 
 
-def capability_batches(cfg: ExperimentConfig, tasks: PCFGTasks, batch_size: int, seed_offset: int = 0):
+def capability_batches(cfg: ExperimentConfig, tasks: PCFGTasks, batch_size: int, dist: Distributed = IN_PROCESS,
+                       stream_id: int = 0):
     """The pretraining capability alone (count O_PT, no spurious correlation): reFT's data."""
-    make = partial(tasks.task_batch, batch_size, task=task_spec(cfg.pretrain.capability))
-    return stream(lambda rng: make(rng), seed=(cfg.seed, REFT_STREAM, seed_offset))
+    make = partial(tasks.task_batch, dist.shard(batch_size), task=task_spec(cfg.pretrain.capability))
+    return stream(lambda rng: make(rng), seed=(cfg.seed, REFT_STREAM, stream_id, dist.rank))
 
 
-def reft_optim(cfg: ExperimentConfig, lr: float) -> OptimConfig:
+def reft_optim(cfg: ExperimentConfig, lr: float, steps: int | None = None) -> OptimConfig:
     """The paper's reFT protocol: fine-tuning's hyperparameters, at another (smaller) LR."""
     r = cfg.analysis.reft
-    return cfg.finetune.optim.model_copy(update={"lr": lr, "steps": r.steps, "eval_every": r.eval_every,
+    return cfg.finetune.optim.model_copy(update={"lr": lr, "steps": steps or r.steps, "eval_every": r.eval_every,
                                                  "checkpoint_every": 0})
 
 
-def run_reft(cfg: ExperimentConfig, model: GPT, lr: float, sink: Sink, desc: str = "reft") -> list[tuple[int, float]]:
-    """Reverse fine-tune `model` (in place) on the pretraining capability; returns the pt_acc curve."""
+def run_reft(cfg: ExperimentConfig, model: GPT, lr: float, sink: Sink, desc: str = "reft",
+             steps: int | None = None, dist: Distributed = IN_PROCESS) -> list[tuple[int, float]]:
+    """Reverse fine-tune `model` (in place) on the pretraining capability for `steps` (default
+    analysis.reft.steps); returns the pt_acc curve."""
     set_threads(cfg)
     tasks = build_tasks(cfg)
     sets = eval_sets(cfg, tasks)
     memory = MemorySink()
-    optim = reft_optim(cfg, lr)
+    optim = reft_optim(cfg, lr, steps)
     torch.manual_seed(cfg.seed)
-    train(model, capability_batches(cfg, tasks, optim.batch_size), optim, TeeSink(sink, memory),
-          evaluate=make_evaluator({k: sets[k] for k in ("pt_acc", "ft_acc")}), desc=desc, progress=cfg.progress)
+    train(dist.wrap(model), capability_batches(cfg, tasks, optim.batch_size, dist), optim, TeeSink(sink, memory),
+          evaluate=make_evaluator({k: sets[k] for k in ("pt_acc", "ft_acc")}), is_main=dist.is_main, desc=desc,
+          progress=cfg.progress)
     return memory.history("pt_acc")

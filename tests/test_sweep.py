@@ -1,0 +1,123 @@
+"""Sweep specs, the stage DAG with reuse, and the in-process executor's MLflow tree."""
+
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import TINY
+
+from wrapperdist.cli import main
+from wrapperdist.config import ConfigError
+from wrapperdist.sweep.plan import make_plan
+from wrapperdist.sweep.spec import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_sweep(tmp_path, spec: dict, experiment: dict | None = None) -> Path:
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment or {k: v for k, v in TINY.items()}))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "experiment": "exp.yaml",
+                                    "storage_path": str(tmp_path / "results"), **spec}))
+    return path
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"grid": {"finetune.optim.lr": [1e-3, -1.0]}},
+     "grid.finetune.optim.lr=-1.0: finetune.optim.lr: Input should be greater than 0"),
+    ({"grid": {"finetune.optim.lrate": [1e-3]}}, "finetune.optim.lrate: Extra inputs are not permitted"),
+    ({"grid": {"pretrain.data.prior": ["medium", "extreme"]}}, "grid.pretrain.data.prior='extreme'"),
+    ({"grid": {"seed": []}}, "grid axes without values"),
+    ({"search": {"space": {"pretrain.optim.lr": {"loguniform": [1e-4, 1e-2]}}}}, "may not change pretraining"),
+    ({"search": {"space": {"finetune.optim.lr": {"loguniform": [1e-2, 1e-4]}}}}, "low (0.01) must be below high"),
+    ({"search": {"space": {"finetune.optim.lr": {}}}}, "give exactly one of"),
+    ({"revival_budgets": [0]}, "revival_budgets.0: Input should be greater than 0"),
+    ({"resources": {"train_workers": -1}}, "resources.train_workers"),
+    ({"unknown": 1}, "unknown: Extra inputs are not permitted"),
+    ({"experiment": "missing.yaml"}, "experiment: file not found"),
+    ({"overrides": {"model.n_head": 3}}, "model: d_model (16) must be divisible by n_head (3)"),
+])
+def test_invalid_sweep_names_the_field(tmp_path, spec, expected):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write_sweep(tmp_path, spec))
+    assert expected in str(err.value)
+    assert str(tmp_path / "sweep.yaml") in str(err.value)
+
+
+def test_grid_of_3_priors_by_3_lrs_runs_3_pretrains(tmp_path):
+    spec = {"grid": {"pretrain.data.prior": ["low", "medium", "high"], "finetune.optim.lr": [1e-3, 1e-4, 1e-5]},
+            "revival_budgets": [10, 20]}
+    plan = make_plan(load_sweep(write_sweep(tmp_path, {**spec, "analyze": False})))
+    assert plan.counts() == {"pretrain": 3, "finetune": 9, "downstream": 18}
+    with_controls = make_plan(load_sweep(write_sweep(tmp_path, spec)))
+    roles = sorted(n.role for n in with_controls.pretrain)
+    assert roles == ["main"] * 3 + ["scr_control"] * 3  # plus one Scr.+FT control per prior
+    assert {n.parent for n in plan.finetune} == {n.key for n in plan.pretrain}
+
+
+def test_dry_run_lists_trials_and_resources(tmp_path, capsys):
+    path = write_sweep(tmp_path, {"grid": {"finetune.optim.lr": [1e-3, 1e-4]}, "resources": {"cpus": 2}})
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 concurrent trial(s) × 1 torch thread(s) on 2 CPUs" in out
+    assert out.count("ft lr=") == 2 and "pretrain (2)" in out  # 1 main + 1 control
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def _tree(experiment="test"):
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    return runs, {r.info.run_id: r for r in runs}
+
+
+def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = {**TINY, "tracking": {"experiment": "test"}}
+    # the second grid point cannot be sampled (the planted relation never holds): it fails at run time
+    path = write_sweep(tmp_path, {"grid": {"finetune.spurious_offset": [1, 40]}, "revival_budgets": [10],
+                                  "resources": {"max_failures": 0}}, experiment)
+    assert main(["sweep", str(path), "--local"]) == 1  # exit 1: some nodes failed
+    runs, by_id = _tree()
+    status = {(r.data.tags["wrapperdist.stage"], r.data.params.get("finetune.spurious_offset")): r.info.status
+              for r in runs if r.data.tags["wrapperdist.stage"] != "sweep"}
+    assert status[("finetune", "1")] == "FINISHED" and status[("finetune", "40")] == "FAILED"
+    assert status[("analysis", "1")] == "FINISHED" and status[("analysis", "40")] == "FAILED"
+    assert status[("reft", "1")] == "FINISHED" and status[("reft", "40")] == "FAILED"
+    failed_ft = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "finetune" and r.info.status == "FAILED")
+    assert "almost never holds" in failed_ft.data.tags["wrapperdist.error"]
+    sweep = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "sweep")
+    for r in runs:  # the tree: sweep → pretrain → finetune → analysis/reft; controls under the sweep
+        parent = by_id.get(r.data.tags.get("mlflow.parentRunId"))
+        stage = r.data.tags["wrapperdist.stage"]
+        expected = {"sweep": None, "pretrain": "sweep", "finetune": "pretrain", "analysis": "finetune",
+                    "reft": "finetune"}[stage]
+        assert (parent.data.tags["wrapperdist.stage"] if parent else None) == expected, r.info.run_name
+        assert r.info.status != "RUNNING"
+    ok_ft = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "finetune" and r.info.status == "FINISHED")
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(ok_ft.info.run_id, "ft_acc")] == [0, 10, 20]
+    assert {a.path for a in client.list_artifacts(ok_ft.info.run_id, "checkpoint")} == {"checkpoint/model.pt"}
+    analysis = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "analysis" and r.info.status == "FINISHED")
+    plots = {a.path for a in client.list_artifacts(analysis.info.run_id, "plots")}
+    assert {"plots/pruning.png", "plots/probes.png"} <= plots
+    assert len(client.get_metric_history(analysis.info.run_id, "prune.paper.pt_acc")) == 3
+    assert sweep.data.metrics["nodes_failed"] == 3
+
+    # A second sweep with the same stages reuses every finished one from the store.
+    store = tmp_path / "results" / "store"
+    stamps = {p: p.stat().st_mtime_ns for p in store.glob("*/DONE")}
+    assert main(["sweep", str(path), "--local"]) == 1
+    assert {p: p.stat().st_mtime_ns for p in store.glob("*/DONE")} == stamps  # nothing retrained
+    runs2, _ = _tree()
+    second = [r for r in runs2 if r.data.tags.get("wrapperdist.sweep") not in (None, sweep.info.run_id)
+              and r.data.tags["wrapperdist.stage"] != "sweep" and r.info.status == "FINISHED"]
+    assert second and all(r.data.tags.get("wrapperdist.reused") == "true" for r in second)
+    reused_ft = next(r for r in second if r.data.tags["wrapperdist.stage"] == "finetune")
+    assert [m.step for m in client.get_metric_history(reused_ft.info.run_id, "ft_acc")] == [0, 10, 20]
+
+
+def test_shipped_smoke_sweep_validates():
+    sweep = load_sweep(ROOT / "sweeps" / "smoke.yaml")
+    assert sweep.spec.resources.train_workers == 2 and len(sweep.points) == 4
+    assert os.path.isabs(str(ROOT))

@@ -1,0 +1,26 @@
+"""Stage identity: the content hash of everything that determines a stage's output. Two stages with
+the same key are the same stage, so its output is computed once and reused (and a rerun resumes)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from wrapperdist.config import ExperimentConfig, config_hash
+
+Kind = Literal["pretrain", "finetune", "analysis", "reft"]
+
+
+def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"seed": cfg.seed, **cfg.model_dump(mode="json", include={"grammar", "model", "pretrain", "eval"})}
+
+
+def node_key(kind: Kind, cfg: ExperimentConfig, budget: int | None = None) -> str:
+    """`pretrain-…` from the pretraining fields; later stages add their own sections."""
+    ident: dict[str, Any] = {"pretrain": pretrain_identity(cfg)}
+    if kind != "pretrain":
+        ident["finetune"] = cfg.finetune.model_dump(mode="json", exclude={"from_checkpoint"})
+    if kind == "analysis":
+        ident["analysis"] = cfg.analysis.model_dump(mode="json")
+    if kind == "reft":
+        ident["reft"] = {**cfg.analysis.reft.model_dump(mode="json"), "budget": budget}
+    return f"{kind}-{config_hash(ident)}"

@@ -1,0 +1,134 @@
+"""`wrapperdist sweep`: load and plan a sweep, then run it in-process or on Ray, with the driver as
+the MLflow writer. Interrupts end the open runs as KILLED; `--resume` finishes what is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from wrapperdist.config import config_hash, flatten
+from wrapperdist.store import Store
+from wrapperdist.sweep.executors import LocalExecutor, RayExecutor, execute, layout_for
+from wrapperdist.sweep.plan import Plan, make_plan
+from wrapperdist.sweep.recorder import SweepRecorder
+from wrapperdist.sweep.spec import Sweep, load_sweep
+from wrapperdist.tracking import Tracker
+
+
+def describe(sweep: Sweep, plan: Plan) -> str:
+    """The --dry-run listing: every node and the resources the sweep would use."""
+    layout = layout_for(sweep)
+    lines = [f"sweep {sweep.spec.name!r} from {sweep.source}: {len(sweep.points)} grid point(s)",
+             f"resources: {layout.describe()}",
+             f"storage: {sweep.spec.storage_path}  (stage store: {sweep.spec.storage_path}/store)", ""]
+    for title, nodes in (("pretrain", plan.pretrain), ("finetune", plan.finetune), ("analysis/reFT", plan.downstream)):
+        lines.append(f"{title} ({len(nodes)}):")
+        lines += [f"  {n.key}  {n.name}" + (f"  <- {n.parent}" if n.parent else "") for n in nodes]
+    if sweep.spec.search:
+        s = sweep.spec.search
+        lines.append(f"finetune: Optuna search, {s.num_samples} trial(s) per grid point over "
+                     f"{', '.join(s.space)} ({s.mode} {s.metric}{', ASHA' if s.asha else ''})")
+    return "\n".join(lines)
+
+
+def _spec_hash(sweep: Sweep) -> str:
+    return config_hash(sweep.spec.model_dump(mode="json", exclude={"resources"}), sweep.base)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise _Terminated()
+
+
+def _ray_pid_file(storage: Path, name: str) -> Path:
+    return storage / f".{name}.ray-processes.json"
+
+
+def _reap_orphans(pid_file: Path) -> int:
+    """After a driver was killed with -9, its Ray daemons live on: end those it recorded."""
+    import psutil
+
+    if not pid_file.is_file():
+        return 0
+    killed = 0
+    for entry in json.loads(pid_file.read_text()):
+        try:
+            proc = psutil.Process(entry["pid"])
+            if abs(proc.create_time() - entry["created"]) < 1e-3:
+                proc.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    pid_file.unlink()
+    return killed
+
+
+def _start_ray(layout, pid_file: Path, address: str | None) -> None:
+    import psutil
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # 'start' reports carry no metric
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    ray.init(num_cpus=layout.cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+    children = psutil.Process().children(recursive=True)
+    pid_file.write_text(json.dumps([{"pid": p.pid, "created": p.create_time()} for p in children]))
+
+
+def run_sweep(path: str | Path, local: bool = False, resume: bool = False, address: str | None = None,
+              log=print) -> dict[str, Any]:
+    sweep = load_sweep(path)
+    plan = make_plan(sweep)
+    layout = layout_for(sweep)
+    storage = sweep.spec.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())  # Ray wants absolute paths; so does the store
+    store = Store(storage)
+    tracking = sweep.points[0].tracking  # a grid point always exists: an empty grid is one point
+    tracker = Tracker(tracking.experiment, tracking.tracking_uri)
+    params = flatten({"sweep": sweep.spec.model_dump(mode="json")})
+    recorder = SweepRecorder(tracker, sweep.spec.name, _spec_hash(sweep), params, store, resume=resume)
+    log(f"sweep {sweep.spec.name}: MLflow run {recorder.sweep_run_id} in {tracker.uri}")
+    log(f"resources: {layout.describe()} ({'in-process' if local else 'Ray'})")
+    pid_file = _ray_pid_file(Path(storage) if "://" not in storage else Path.cwd(), sweep.spec.name)
+    if resume and not local:
+        reaped = _reap_orphans(pid_file)
+        if reaped:
+            log(f"ended {reaped} Ray process(es) left behind by the interrupted driver")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    start = time.perf_counter()
+    status = "FAILED"
+    try:
+        if local:
+            runner = LocalExecutor(sweep, store, recorder, layout)
+        else:
+            _start_ray(layout, pid_file, address or os.environ.get("RAY_ADDRESS"))
+            runner = RayExecutor(sweep, store, recorder, layout, storage)
+        counts = execute(plan, sweep, runner, progress=log)
+        status = "FINISHED"
+    except (KeyboardInterrupt, _Terminated):
+        status = "KILLED"
+        raise
+    finally:
+        recorder.close(status)
+        signal.signal(signal.SIGTERM, previous)
+        if not local:
+            import ray
+
+            if ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS")):
+                ray.shutdown()
+                pid_file.unlink(missing_ok=True)
+    wall = time.perf_counter() - start
+    return {"sweep_run_id": recorder.sweep_run_id, "tracking_uri": tracker.uri, "wall_s": round(wall, 1),
+            "store": store.uri, **counts}

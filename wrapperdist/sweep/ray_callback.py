@@ -1,0 +1,33 @@
+"""The Tune side of the recorder: a driver-side LoggerCallback that hands every trial result and
+every trial failure to the SweepRecorder (so the driver stays the only MLflow writer)."""
+
+from __future__ import annotations
+
+from ray.tune.logger import LoggerCallback
+
+from wrapperdist.sweep.plan import Node
+from wrapperdist.sweep.recorder import SweepRecorder
+
+
+class MLflowTreeCallback(LoggerCallback):
+    def __init__(self, recorder: SweepRecorder):
+        self.recorder = recorder
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        if "node_key" in result:
+            self.recorder.handle(result, trial.trial_id)
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        if not failed:
+            return
+        node_dict = trial.config.get("node")
+        has_samples = any(k not in ("node", "store", "layout", "run_name", "storage") for k in trial.config)
+        node = Node.from_dict(node_dict) if node_dict and not has_samples else None
+        error = "trial failed"
+        try:
+            exc = trial.get_error()
+            if exc is not None:
+                error = str(exc)
+        except Exception:  # noqa: BLE001 - the error text is a nicety
+            pass
+        self.recorder.fail(node, error, trial.trial_id)

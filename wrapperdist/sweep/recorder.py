@@ -1,0 +1,172 @@
+"""The sweep's one MLflow writer. It runs in the driver: trials (Tune actors or in-process calls)
+only *report*; this object turns reports into the run tree
+
+    sweep → pretrain → fine-tune → analysis / reFT per budget     (Scr.+FT controls under the sweep)
+
+so a SQLite store sees a single writer however many trials run at once. On resume it re-attaches
+to the interrupted sweep run, marks runs that were left RUNNING as KILLED, and skips nodes that
+already have a FINISHED run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+from wrapperdist.config import flatten
+from wrapperdist.store import Store, scratch_dir
+from wrapperdist.sweep.plan import METRIC_PREFIX, Node, node_report
+from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, MLflowSink, Tracker
+
+log = logging.getLogger(__name__)
+
+KEY_TAG, SWEEP_TAG, SPEC_TAG = "wrapperdist.node_key", "wrapperdist.sweep", "wrapperdist.spec_hash"
+
+
+class SweepRecorder:
+    def __init__(self, tracker: Tracker, sweep_name: str, spec_hash: str, params: dict[str, Any], store: Store,
+                 resume: bool = False):
+        self.tracker, self.client, self.store = tracker, tracker.client, store
+        self.finished: dict[str, str] = {}  # node key -> FINISHED run id (this sweep run, any attempt)
+        self.open: dict[str, str] = {}  # node key -> RUNNING run id (this attempt)
+        self.trial_nodes: dict[str, str] = {}  # Tune trial id -> node key
+        self.failed: dict[str, str] = {}  # node key -> FAILED run id (still a parent for the tree)
+        previous = self._previous(sweep_name, spec_hash) if resume else None
+        if previous is not None:
+            self.sweep_run_id = previous.info.run_id
+            self.client.update_run(self.sweep_run_id, status="RUNNING")
+            self._reattach()
+        else:
+            run = self.client.create_run(tracker.experiment_id, run_name=f"sweep {sweep_name}",
+                                         tags={STAGE_TAG: "sweep", SWEEP_TAG: sweep_name, SPEC_TAG: spec_hash})
+            self.sweep_run_id = run.info.run_id
+            MLflowSink(self.client, self.sweep_run_id).log_params(params)
+
+    # -- resume ---------------------------------------------------------------------------------
+    def _previous(self, sweep_name: str, spec_hash: str):
+        runs = self.client.search_runs([self.tracker.experiment_id],
+                                       filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_name}' and "
+                                       f"tags.`{STAGE_TAG}` = 'sweep' and tags.`{SPEC_TAG}` = '{spec_hash}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def _descendants(self) -> list:
+        return self.client.search_runs([self.tracker.experiment_id],
+                                       filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep_run_id}'",
+                                       max_results=50_000)
+
+    def _reattach(self) -> None:
+        for run in self._descendants():
+            key = run.data.tags.get(KEY_TAG)
+            if run.info.status == "FINISHED" and key:
+                self.finished[key] = run.info.run_id
+            elif run.info.status == "RUNNING":
+                # its process died with the previous driver: it will not finish
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    # -- reports --------------------------------------------------------------------------------
+    def handle(self, result: dict[str, Any], trial_id: str | None = None) -> None:
+        """Route one report. Never raises: a tracking hiccup must not kill the sweep."""
+        try:
+            self._handle(result, trial_id)
+        except Exception:  # noqa: BLE001 - logged, then the sweep goes on
+            log.warning("MLflow recording failed for %s:\n%s", result.get("node_key"), traceback.format_exc())
+
+    def _handle(self, result: dict[str, Any], trial_id: str | None) -> None:
+        key = result["node_key"]
+        if trial_id:
+            self.trial_nodes[trial_id] = key
+        if key in self.finished:
+            return  # recorded by an earlier attempt of this sweep
+        event = result["event"]
+        metrics = {k[len(METRIC_PREFIX):]: float(v) for k, v in result.items()
+                   if k.startswith(METRIC_PREFIX) and isinstance(v, int | float)}
+        run_id = self.open.get(key) or self._create(result, trial_id)
+        sink = MLflowSink(self.client, run_id)
+        if event == "progress" and metrics:
+            sink.log_metrics(metrics, int(result.get("step", 0)))
+        elif event == "done":
+            self._finish(run_id, key, result, metrics)
+
+    def _create(self, result: dict[str, Any], trial_id: str | None) -> str:
+        key, kind = result["node_key"], result["node_kind"]
+        parent_key = result.get("node_parent") or ""
+        parent = (self.finished.get(parent_key) or self.open.get(parent_key) or self.failed.get(parent_key)
+                  or self.sweep_run_id)
+        if result.get("node_role") == "scr_control":
+            parent = self.sweep_run_id
+        tags = {STAGE_TAG: kind, KEY_TAG: key, SWEEP_TAG: self.sweep_run_id, PARENT_TAG: parent,
+                "wrapperdist.config_hash": key.split("-", 1)[1], "wrapperdist.role": result.get("node_role", "")}
+        if trial_id:
+            tags["ray.tune.trial_id"] = trial_id
+        run = self.client.create_run(self.tracker.experiment_id, run_name=result["node_name"], tags=tags)
+        experiment = json.loads(result.get("node_experiment") or "{}")
+        params = flatten(experiment)
+        if result.get("node_budget"):
+            params["reft.budget"] = result["node_budget"]
+        MLflowSink(self.client, run.info.run_id).log_params(params)
+        self.open[key] = run.info.run_id
+        return run.info.run_id
+
+    def _finish(self, run_id: str, key: str, result: dict[str, Any], metrics: dict[str, float]) -> None:
+        sink = MLflowSink(self.client, run_id)
+        cached = bool(result.get("cached"))
+        if cached:
+            sink.set_tags({"wrapperdist.reused": "true"})
+        history = self.store.read_json(key, "history.json")
+        # training stages sent their evaluation points live; everything else is replayed now
+        sent_live = not cached and result["node_kind"] != "analysis"
+        for step, point in history:
+            replay = {k: v for k, v in point.items() if not (sent_live and k.endswith("acc"))}
+            if replay:
+                sink.log_metrics(replay, step)
+        # final values not already in the curves (evidence, verdict) go at the last step
+        last = max((step for step, _ in history), default=0)
+        seen = {k for _, point in history for k in point}
+        extra = {k: v for k, v in metrics.items() if k not in seen}
+        if extra:
+            sink.log_metrics(extra, last)
+        self._log_artifacts(run_id, key)
+        if result["node_kind"] == "analysis":
+            verdict = self.store.read_json(key, "verdict.json")
+            sink.set_tags({"wrapperdist.verdict": verdict["label"]})
+        self.client.set_terminated(run_id, "FINISHED")
+        self.open.pop(key, None)
+        self.finished[key] = run_id
+
+    def _log_artifacts(self, run_id: str, key: str) -> None:
+        folder = self.store.fetch(key, scratch_dir("artifacts"))
+        for name in self.store.files(key):
+            if name == "model.pt":
+                self.client.log_artifact(run_id, str(folder / name), "checkpoint")
+            elif name.endswith(".png"):
+                self.client.log_artifact(run_id, str(folder / name), "plots")
+            elif name.endswith(".md"):
+                self.client.log_artifact(run_id, str(folder / name))
+
+    # -- failures and the end ---------------------------------------------------------------------
+    def fail(self, node: Node | None, error: str, trial_id: str | None = None) -> None:
+        key = node.key if node else self.trial_nodes.get(trial_id or "")
+        if key is None or key in self.finished:
+            return
+        try:
+            run_id = self.open.get(key)
+            if run_id is None and node is not None:
+                run_id = self._create({**node_report(node, with_config=True), "event": "start"}, trial_id)
+            if run_id is None:
+                return
+            MLflowSink(self.client, run_id).set_tags({"wrapperdist.error": error[-4000:]})
+            self.client.set_terminated(run_id, "FAILED")
+            self.open.pop(key, None)
+            self.failed[key] = run_id
+        except Exception:  # noqa: BLE001
+            log.warning("could not record failure of %s:\n%s", key, traceback.format_exc())
+
+    def close(self, status: str = "FINISHED") -> None:
+        for run_id in self.open.values():
+            self.client.set_terminated(run_id, "KILLED")
+        self.open.clear()
+        MLflowSink(self.client, self.sweep_run_id).log_metrics(
+            {"nodes_finished": float(len(self.finished)), "nodes_failed": float(len(self.failed))}, 0)
+        self.client.set_terminated(self.sweep_run_id, status)

@@ -1,0 +1,180 @@
+"""Sweep specs: a base experiment, factorial grids and/or an Optuna search, revival budgets and the
+resources to run them with. Validated like experiment files: every bad field is named."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from wrapperdist.config import (
+    ConfigError,
+    ExperimentConfig,
+    PositiveInt,
+    Strict,
+    format_validation_error,
+    read_yaml,
+)
+
+# Fields that shape a pretrained model. Optuna samples per fine-tune trial, after the pretrained
+# models exist, so it may not search over these (grids may).
+PRETRAIN_FIELDS = ("seed", "grammar", "model", "pretrain", "eval")
+
+
+class Distribution(Strict):
+    """Exactly one of: loguniform / uniform [low, high], randint [low, high), choice [values]."""
+
+    loguniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [k for k in ("loguniform", "uniform", "randint", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of loguniform, uniform, randint, choice (got {given or 'none'})")
+        bounds = self.loguniform or self.uniform or self.randint
+        if bounds is not None and bounds[0] >= bounds[1]:
+            raise ValueError(f"low ({bounds[0]}) must be below high ({bounds[1]})")
+        return self
+
+
+class AshaConfig(Strict):
+    """Early stopping of fine-tune trials on their evaluation reports (Ray Tune's ASHAScheduler)."""
+
+    max_t: PositiveInt = 20
+    grace_period: PositiveInt = 2
+    reduction_factor: Annotated[int, Field(ge=2)] = 2
+
+
+class SearchConfig(Strict):
+    """Optuna search over fine-tuning/analysis settings, run for each grid point."""
+
+    num_samples: PositiveInt = 8
+    metric: str = "ft_acc"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    space: dict[str, Distribution]
+    asha: AshaConfig | None = None
+
+    @model_validator(mode="after")
+    def _not_pretraining(self) -> SearchConfig:
+        bad = [k for k in self.space if k.split(".")[0] in PRETRAIN_FIELDS]
+        if bad:
+            raise ValueError(f"search.space may not change pretraining ({bad}); put these in grid")
+        return self
+
+
+class ResourcesConfig(Strict):
+    cpus: PositiveInt | None = Field(None, description="CPUs the sweep may use (default: this machine's)")
+    cpus_per_trial: PositiveInt = Field(1, description="torch threads of an in-process trial")
+    train_workers: Annotated[int, Field(ge=0)] = Field(
+        0, description="0: train in the trial's process; N: Ray Train TorchTrainer with N DDP workers"
+    )
+    use_gpu: bool = False
+    max_concurrent_trials: PositiveInt | None = Field(None, description="default: what the CPUs allow")
+    max_failures: Annotated[int, Field(ge=0)] = Field(1, description="retries of a trial that raises")
+
+
+class SweepConfig(Strict):
+    name: str
+    experiment: Path = Field(description="base experiment YAML, relative to the sweep file")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted path -> value, for every trial")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values (factorial)")
+    search: SearchConfig | None = None
+    revival_budgets: list[PositiveInt] = Field(default_factory=list, description="reFT steps; one run each")
+    analyze: bool = True
+    storage_path: str = Field("ray_results", description="local path, NFS mount or URI (s3://, gs://)")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _non_empty_axes(self) -> SweepConfig:
+        empty = [k for k, v in self.grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid axes without values: {empty}")
+        return self
+
+
+def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            node[key] = child
+        node = child
+    node[last] = value
+
+
+class Sweep(BaseModel):
+    """A loaded sweep: the spec, its base experiment and the validated grid points."""
+
+    spec: SweepConfig
+    base: dict[str, Any]
+    points: list[ExperimentConfig]
+    source: str
+
+
+def grid_assignments(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def experiment_for(base: dict[str, Any], assignment: dict[str, Any], name: str) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    for path, value in assignment.items():
+        set_dotted(data, path, value)
+    data["name"] = name
+    return data
+
+
+def point_name(sweep: str, assignment: dict[str, Any]) -> str:
+    short = {"pretrain.data.prior": "prior", "finetune.optim.lr": "lr", "finetune.spurious_fraction": "C_Tr"}
+    parts = [f"{short.get(k, k.split('.')[-1])}={v}" for k, v in assignment.items()]
+    return " ".join([sweep, *parts])
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep file, its base experiment, and validate every grid point before anything runs."""
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        spec = SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(path), err)) from None
+    base_path = spec.experiment if spec.experiment.is_absolute() else path.parent / spec.experiment
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: experiment: file not found: {base_path}")
+    base = read_yaml(base_path)
+    for key, value in spec.overrides.items():
+        set_dotted(base, key, value)
+    try:
+        ExperimentConfig.model_validate(base)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(f"{path} (experiment {base_path} + overrides)", err)) from None
+    points, errors = [], []
+    for assignment in grid_assignments(spec.grid):
+        data = experiment_for(base, assignment, point_name(spec.name, assignment))
+        try:
+            points.append(ExperimentConfig.model_validate(data))
+        except ValidationError as err:
+            where = ", ".join(f"grid.{k}={v!r}" for k, v in assignment.items())
+            errors.append(format_validation_error(f"{path}: {where}", err))
+    if spec.search:
+        for key in spec.search.space:
+            probe = copy.deepcopy(base)
+            dist = spec.search.space[key]
+            sample = (dist.loguniform or dist.uniform or dist.randint or dist.choice)[0]
+            set_dotted(probe, key, sample)
+            try:
+                ExperimentConfig.model_validate(probe)
+            except ValidationError as err:
+                errors.append(format_validation_error(f"{path}: search.space.{key}", err))
+    if errors:
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
+    return Sweep(spec=spec, base=base, points=points, source=str(path))

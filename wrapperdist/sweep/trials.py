@@ -1,0 +1,131 @@
+"""Running one node: the same function serves a Ray Tune trial and the in-process executor. It
+knows no Ray and no MLflow: it reads inputs from the store, runs a stage, writes outputs to the store,
+and tells `report` what happened (the caller routes that to Tune or straight to the recorder)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wrapperdist.config import ExperimentConfig
+from wrapperdist.sink import MemorySink
+from wrapperdist.stages import load_model, run_finetune, run_pretrain, run_reft
+from wrapperdist.store import Store, remove, scratch_dir, write_stage_outputs
+from wrapperdist.sweep.plan import Node, node_report, with_metrics
+
+Report = Callable[[dict[str, Any]], None]
+# A training backend runs pretrain/finetune/reft for a node; in-process by default, Ray Train when
+# the sweep asks for workers. It returns (final metrics, history) and leaves model.pt in out_dir.
+TrainBackend = Callable[[Node, ExperimentConfig, Path | None, Path], tuple[dict[str, float], list]]
+
+
+class StageFailed(RuntimeError):
+    """A node could not run (e.g. its input stage failed); the sweep records it and goes on."""
+
+
+class ReportingSink(MemorySink):
+    """Keeps the history and forwards evaluation points as they happen (live curves in MLflow and
+    the metric ASHA needs). Training-loss points stay in the history only: replayed at the end."""
+
+    def __init__(self, node: Node, report: Report):
+        super().__init__()
+        self.node, self.report = node, report
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        super().log_metrics(metrics, step)
+        if any(k.endswith("acc") for k in metrics):
+            self.report(with_metrics({**node_report(self.node), "event": "progress", "step": step}, metrics))
+
+
+def in_process_backend(report: Report) -> TrainBackend:
+    def run(node: Node, cfg: ExperimentConfig, init: Path | None, out_dir: Path):
+        sink = ReportingSink(node, report)
+        if node.kind == "pretrain":
+            out = run_pretrain(cfg, out_dir, sink)
+            metrics = out.metrics
+        elif node.kind == "finetune":
+            out = run_finetune(cfg, init, out_dir, sink)
+            metrics = out.metrics
+        else:  # reft
+            from wrapperdist.train import save_checkpoint
+
+            model, meta = load_model(init)
+            run_reft(cfg, model, cfg.analysis.reft.lr, sink, f"reft {node.budget}", steps=node.budget)
+            save_checkpoint(out_dir / "model.pt", model, {**meta, "stage": "reft", "budget": node.budget})
+            metrics = {k: v for step, m in sink.metrics for k, v in m.items() if step == node.budget}
+        return metrics, sink.metrics
+
+    return run
+
+
+@dataclass
+class NodeOutcome:
+    node: Node
+    cached: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | None = None) -> NodeOutcome:
+    """Produce `node`'s output in the store unless it is there already (reuse and resume)."""
+    if store.done(node.key):
+        metrics = store.read_json(node.key, "metrics.json")
+        report(with_metrics({**node_report(node, True), "event": "done", "cached": 1}, metrics))
+        return NodeOutcome(node, True, metrics)
+    report({**node_report(node, True), "event": "start"})
+    for key in (node.parent, *node.requires):
+        if key and not store.done(key):
+            raise StageFailed(f"{node.kind} {node.key} needs {key}, which is not in the store (did it fail?)")
+    cfg = node.config()
+    work = scratch_dir(node.kind)
+    try:
+        if node.kind == "analysis":
+            metrics = _analysis(node, cfg, store, work)
+        else:
+            init = store.fetch(node.parent, work / "init") / "model.pt" if node.parent else None
+            metrics, history = (backend or in_process_backend(report))(node, cfg, init, work / "out")
+            write_stage_outputs(work / "out", metrics, history)
+            _curves_figure(history, node, work / "out")
+        store.put(node.key, work / "out")
+        report(with_metrics({**node_report(node, True), "event": "done", "cached": 0}, metrics))
+        return NodeOutcome(node, False, metrics)
+    finally:
+        remove(work)
+
+
+def _analysis(node: Node, cfg: ExperimentConfig, store: Store, work: Path) -> dict[str, float]:
+    from dataclasses import asdict
+
+    from wrapperdist.analyze import analyze
+
+    pretrained_key, control_key = node.requires
+    models = [load_model(store.fetch(key, work / key) / "model.pt")[0]
+              for key in (pretrained_key, node.parent, control_key)]
+    sink = MemorySink()
+    output = analyze(cfg, models[0], models[1], models[2], sink)
+    out = work / "out"
+    out.mkdir(parents=True)
+    (out / "report.md").write_text(output.report)
+    for name, fig in output.figures.items():
+        fig.savefig(out / f"{name}.png", dpi=110)
+    evidence = {k: v for k, v in asdict(output.evidence).items() if v is not None}
+    metrics = {**{f"evidence.{k}": float(v) for k, v in evidence.items()},
+               "verdict_wrapper": float(output.verdict.label == "wrapper")}
+    (out / "verdict.json").write_text(json.dumps({"label": output.verdict.label, **asdict(output.verdict)}))
+    write_stage_outputs(out, metrics, sink.metrics)
+    return metrics
+
+
+def _curves_figure(history: list, node: Node, out_dir: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from wrapperdist.plots import training_curves
+
+    memory = MemorySink()
+    memory.metrics = [(step, m) for step, m in history]
+    fig = training_curves(memory, node.name)
+    fig.savefig(out_dir / "curves.png", dpi=100)
+    plt.close(fig)
+
