@@ -125,25 +125,35 @@ def _optuna_distribution(d):
 # Ray Tune
 
 
+EXECUTION_KEYS = ("node", "store", "layout", "run_name", "storage")
+
+
+def node_of_trial(config: dict[str, Any], trial_id: str) -> Node:
+    """The node a Tune trial runs: given (grid), or built from the sampled settings (search)."""
+    node = Node.from_dict(config["node"])
+    sampled = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    if not sampled:
+        return node
+    cfg = searched_config(node.experiment, sampled, f"{node.config().name} {trial_id}")
+    searched = finetune_node(cfg)
+    return Node.from_dict({**searched.to_dict(), "experiment": {**searched.experiment, **_exec_fields(config)}})
+
+
 def _tune_trainable(config: dict[str, Any]) -> None:
     """A Tune function trial: one node (grid), or one sampled fine-tune (search)."""
     from ray import tune
 
     from wrapperdist.sweep.ray_train import ray_train_backend
 
-    node = Node.from_dict(config["node"])
-    sampled = {k: v for k, v in config.items() if k not in ("node", "store", "layout", "run_name", "storage")}
-    if sampled:
-        cfg = searched_config(node.experiment, sampled, f"{node.name} {tune.get_context().get_trial_id()}")
-        node = finetune_node(cfg)
-        node = Node.from_dict({**node.to_dict(), "experiment": {**node.experiment, **_exec_fields(config)}})
+    node = node_of_trial(config, tune.get_context().get_trial_id())
+    sampled = node.key != Node.from_dict(config["node"]).key
     store = Store(config["store"])
     layout = config["layout"]
     backend = None
     if layout["train_workers"] and node.kind in ("pretrain", "finetune", "reft"):
         backend = ray_train_backend(tune.report, layout["train_workers"], layout["use_gpu"], config["storage"],
                                     config["run_name"])
-    outcome = run_node(node, store, tune.report, backend)
+    outcome = run_node(node, store, tune.report, backend, announce=not sampled)
     if not outcome.metrics:
         tune.report({"event": "empty"})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ray.tune.logger import LoggerCallback
 
-from wrapperdist.sweep.plan import Node
+from wrapperdist.sweep.executors import node_of_trial
 from wrapperdist.sweep.recorder import SweepRecorder
 
 
@@ -19,10 +19,12 @@ class MLflowTreeCallback(LoggerCallback):
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         if not failed:
+            self.recorder.stopped(trial.trial_id)  # no-op unless a scheduler ended it early
             return
-        node_dict = trial.config.get("node")
-        has_samples = any(k not in ("node", "store", "layout", "run_name", "storage") for k in trial.config)
-        node = Node.from_dict(node_dict) if node_dict and not has_samples else None
+        try:
+            node = node_of_trial(trial.config, trial.trial_id)
+        except Exception:  # noqa: BLE001 - an unusable config: fall back to the trial id
+            node = None
         error = "trial failed"
         try:
             exc = trial.get_error()

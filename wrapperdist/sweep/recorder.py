@@ -163,6 +163,14 @@ class SweepRecorder:
         except Exception:  # noqa: BLE001
             log.warning("could not record failure of %s:\n%s", key, traceback.format_exc())
 
+    def stopped(self, trial_id: str) -> None:
+        """A trial ended without finishing its stage: a scheduler (ASHA) stopped it early."""
+        key = self.trial_nodes.get(trial_id)
+        run_id = self.open.pop(key, None) if key else None
+        if run_id:
+            MLflowSink(self.client, run_id).set_tags({"wrapperdist.stopped_early": "true"})
+            self.client.set_terminated(run_id, "KILLED")
+
     def close(self, status: str = "FINISHED") -> None:
         for run_id in self.open.values():
             self.client.set_terminated(run_id, "KILLED")

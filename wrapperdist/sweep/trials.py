@@ -33,11 +33,15 @@ class ReportingSink(MemorySink):
     def __init__(self, node: Node, report: Report):
         super().__init__()
         self.node, self.report = node, report
+        self.sent = 0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         super().log_metrics(metrics, step)
         if any(k.endswith("acc") for k in metrics):
-            self.report(with_metrics({**node_report(self.node), "event": "progress", "step": step}, metrics))
+            # the first report carries the config, in case no 'start' report announced the node
+            identity = node_report(self.node, with_config=self.sent == 0)
+            self.report(with_metrics({**identity, "event": "progress", "step": step}, metrics))
+            self.sent += 1
 
 
 def in_process_backend(report: Report) -> TrainBackend:
@@ -68,13 +72,16 @@ class NodeOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | None = None) -> NodeOutcome:
-    """Produce `node`'s output in the store unless it is there already (reuse and resume)."""
+def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | None = None,
+             announce: bool = True) -> NodeOutcome:
+    """Produce `node`'s output in the store unless it is there already (reuse and resume).
+    `announce=False` skips the metric-less 'start' report (a searcher wants its metric in every one)."""
     if store.done(node.key):
         metrics = store.read_json(node.key, "metrics.json")
         report(with_metrics({**node_report(node, True), "event": "done", "cached": 1}, metrics))
         return NodeOutcome(node, True, metrics)
-    report({**node_report(node, True), "event": "start"})
+    if announce:
+        report({**node_report(node, True), "event": "start"})
     for key in (node.parent, *node.requires):
         if key and not store.done(key):
             raise StageFailed(f"{node.kind} {node.key} needs {key}, which is not in the store (did it fail?)")
