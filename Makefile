@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: pretrain a CPU-scale PCFG Counter model, fine-tune it, record both in ./mlflow.db.
+## The main job: a real local Ray sweep at CPU scale (sweeps/demo.yaml), recorded in ./mlflow.db,
+## then its summary read back from MLflow. About 15 minutes on 2 cores.
 demo: install
-	$(BIN)/wrapperdist run sweeps/cpu_counter.yaml
+	$(BIN)/wrapperdist sweep sweeps/demo.yaml
 	$(BIN)/python analysis/summarize.py --experiment wrapperdist
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).

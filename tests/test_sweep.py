@@ -96,7 +96,9 @@ def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
         assert r.info.status != "RUNNING"
     ok_ft = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "finetune" and r.info.status == "FINISHED")
     client = mlflow.MlflowClient()
-    assert [m.step for m in client.get_metric_history(ok_ft.info.run_id, "ft_acc")] == [0, 10, 20]
+    for metric in ("ft_acc", "ft_acc_spurious", "pt_acc"):  # live points are not replayed a second time
+        assert [m.step for m in client.get_metric_history(ok_ft.info.run_id, metric)] == [0, 10, 20]
+    assert [m.step for m in client.get_metric_history(ok_ft.info.run_id, "train_loss")] == [5, 10, 15, 20]
     assert {a.path for a in client.list_artifacts(ok_ft.info.run_id, "checkpoint")} == {"checkpoint/model.pt"}
     analysis = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "analysis" and r.info.status == "FINISHED")
     plots = {a.path for a in client.list_artifacts(analysis.info.run_id, "plots")}

@@ -12,7 +12,7 @@ from typing import Any
 
 from wrapperdist.config import config_hash, flatten
 from wrapperdist.store import Store
-from wrapperdist.sweep.executors import LocalExecutor, RayExecutor, execute, layout_for
+from wrapperdist.sweep.executors import Layout, LocalExecutor, RayExecutor, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import Sweep, load_sweep
@@ -100,7 +100,6 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
     params = flatten({"sweep": sweep.spec.model_dump(mode="json")})
     recorder = SweepRecorder(tracker, sweep.spec.name, _spec_hash(sweep), params, store, resume=resume)
     log(f"sweep {sweep.spec.name}: MLflow run {recorder.sweep_run_id} in {tracker.uri}")
-    log(f"resources: {layout.describe()} ({'in-process' if local else 'Ray'})")
     pid_file = _ray_pid_file(Path(storage) if "://" not in storage else Path.cwd(), sweep.spec.name)
     if resume and not local:
         reaped = _reap_orphans(pid_file)
@@ -111,9 +110,16 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
     status = "FAILED"
     try:
         if local:
+            # one trial at a time, so it gets every core
+            layout = Layout(layout.cpus, layout.cpus, 1, 0, layout.use_gpu)
             runner = LocalExecutor(sweep, store, recorder, layout)
         else:
             _start_ray(layout, pid_file, address or os.environ.get("RAY_ADDRESS"))
+            import ray
+
+            have = ray.cluster_resources()  # a cluster may be bigger than this machine
+            layout = layout_for(sweep, cpus=int(have.get("CPU", layout.cpus)), gpus=int(have.get("GPU", 0)))
+            log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
             runner = RayExecutor(sweep, store, recorder, layout, storage)
         counts = execute(plan, sweep, runner, progress=log)
         status = "FINISHED"

@@ -40,11 +40,15 @@ class Layout:
                 f"on {self.cpus} CPUs")
 
 
-def layout_for(sweep: Sweep, cpus: int | None = None) -> Layout:
+def layout_for(sweep: Sweep, cpus: int | None = None, gpus: int = 0) -> Layout:
+    """`cpus`/`gpus`: what the Ray cluster has (default: resources.cpus, else this machine)."""
     r = sweep.spec.resources
-    cpus = cpus or r.cpus or default_threads()
+    cpus = r.cpus or cpus or default_threads()
     if r.train_workers:
-        fits = max(1, math.floor(cpus / (0.01 + 0.99 * r.train_workers))) if not r.use_gpu else 1
+        if r.use_gpu:
+            fits = max(1, gpus // r.train_workers)
+        else:
+            fits = max(1, math.floor(cpus / (0.01 + 0.99 * r.train_workers)))
         return Layout(cpus, 1, min(r.max_concurrent_trials or fits, fits), r.train_workers, r.use_gpu)
     threads = min(r.cpus_per_trial, cpus)
     fits = max(1, cpus // threads)

@@ -118,9 +118,9 @@ class SweepRecorder:
         # training stages sent their evaluation points live; everything else is replayed now
         sent_live = not cached and result["node_kind"] != "analysis"
         for step, point in history:
-            replay = {k: v for k, v in point.items() if not (sent_live and k.endswith("acc"))}
-            if replay:
-                sink.log_metrics(replay, step)
+            if sent_live and any(k.endswith("acc") for k in point):
+                continue  # an evaluation point: already logged when it happened
+            sink.log_metrics(point, step)
         # final values not already in the curves (evidence, verdict) go at the last step
         last = max((step for step, _ in history), default=0)
         seen = {k for _, point in history for k in point}
