@@ -105,6 +105,11 @@ def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
     assert {"plots/pruning.png", "plots/probes.png"} <= plots
     assert len(client.get_metric_history(analysis.info.run_id, "prune.paper.pt_acc")) == 3
     assert sweep.data.metrics["nodes_failed"] == 3
+    # `wrapperdist analyze` finds a sweep fine-tune's pretrained model through its parent run
+    assert main(["analyze", ok_ft.info.run_id]) == 0
+    again = [r for r in _tree()[0] if r.data.tags.get("mlflow.parentRunId") == ok_ft.info.run_id
+             and r.data.tags["wrapperdist.stage"] == "analysis"]
+    assert len(again) == 2 and all(r.info.status == "FINISHED" for r in again)
 
     # A second sweep with the same stages reuses every finished one from the store.
     store = tmp_path / "results" / "store"

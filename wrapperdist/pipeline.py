@@ -3,6 +3,7 @@ as one parent run (the invocation) with a child run per stage."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import asdict
@@ -17,7 +18,7 @@ from wrapperdist.plots import training_curves
 from wrapperdist.sink import MemorySink, TeeSink
 from wrapperdist.stages import StageOutput, load_model, run_finetune, run_pretrain
 from wrapperdist.store import Store, remove, scratch_dir, write_stage_outputs
-from wrapperdist.tracking import STAGE_TAG, Tracker
+from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, Tracker
 from wrapperdist.train import load_checkpoint
 
 INIT_TAG = "wrapperdist.init_checkpoint"  # where a fine-tune started: analyses need the pretrained model
@@ -132,9 +133,13 @@ def analyze_run(ref: str, override: ExperimentConfig | None = None) -> dict:
     finetuned = tracker.stage_checkpoint(ft_run.info.run_id, "finetune", scratch / "finetune")
     _, meta = load_checkpoint(finetuned)
     cfg = override or ExperimentConfig.model_validate(meta["config"])
-    pretrained = Path(ft_run.data.tags.get(INIT_TAG, ""))
+    pretrained = Path(ft_run.data.tags.get(INIT_TAG, "/nonexistent"))
+    parent_id = ft_run.data.tags.get(PARENT_TAG)
+    if not pretrained.is_file() and parent_id:  # a sweep's fine-tune hangs under its pretrain run
+        with contextlib.suppress(Exception):  # MLflow raises several types; reported just below
+            pretrained = tracker.stage_checkpoint(parent_id, "pretrain", scratch / "pretrain")
     if not pretrained.is_file():
-        raise ValueError(f"the pretrained checkpoint of run {ft_run.info.run_id} ({pretrained}) is not on this machine")
+        raise ValueError(f"no pretrained checkpoint found for fine-tune run {ft_run.info.run_id}")
     out_dir = cfg.output_dir / f"analysis-{ft_run.info.run_id[:8]}"
     return run_analysis(tracker, cfg, ft_run.info.run_id, pretrained, finetuned, out_dir)
 

@@ -40,6 +40,13 @@ class MLflowSink:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_history(self, history: list[tuple[int, dict[str, float]]]) -> None:
+        """Many (step, metrics) points in as few requests as MLflow allows (1000 values each)."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for step, point in history for k, v in point.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch

@@ -76,6 +76,8 @@ def _start_ray(layout, pid_file: Path, address: str | None) -> None:
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # 'start' reports carry no metric
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # MLflow is the record; the executor adds back Tune's JSON logger only (no CSV, no TensorBoard)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return
     if address:

@@ -32,6 +32,14 @@ class Layout:
     train_workers: int
     use_gpu: bool
 
+    def for_phase(self, n_nodes: int) -> Layout:
+        """A phase with fewer nodes than slots gives each trial more threads (1 pretrain on 2 CPUs
+        runs with 2 threads, not 1 thread and an idle core)."""
+        if self.train_workers or n_nodes >= self.max_concurrent or n_nodes == 0:
+            return self
+        threads = max(self.threads_per_trial, self.cpus // n_nodes)
+        return Layout(self.cpus, threads, n_nodes, self.train_workers, self.use_gpu)
+
     def describe(self) -> str:
         if self.train_workers:
             return (f"{self.max_concurrent} concurrent trial(s), each a Ray Train run of {self.train_workers} DDP "
@@ -174,22 +182,26 @@ class RayExecutor:
         self.sweep, self.store, self.recorder, self.layout = sweep, store, recorder, layout
         self.storage_path = storage_path
 
-    def _tuner(self, phase: str, param_space: dict[str, Any], **tune_kwargs):
+    def _tuner(self, phase: str, param_space: dict[str, Any], layout: Layout, **tune_kwargs):
         from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
 
         from wrapperdist.sweep.ray_callback import MLflowTreeCallback
 
-        resources = {"cpu": 0.01} if self.layout.train_workers else {"cpu": self.layout.threads_per_trial}
-        common = {"store": self.store.uri, "layout": self.layout.__dict__, "storage": self.storage_path,
+        resources = {"cpu": 0.01} if layout.train_workers else {"cpu": layout.threads_per_trial}
+        common = {"store": self.store.uri, "layout": layout.__dict__, "storage": self.storage_path,
                   "run_name": f"{self.sweep.spec.name}-{phase}"}
         return tune.Tuner(
             tune.with_resources(_tune_trainable, resources),
             param_space={**param_space, **common},
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.layout.max_concurrent, **tune_kwargs),
+            # reuse_actors: consecutive trials run in a warm actor instead of starting a process each
+            tune_config=tune.TuneConfig(max_concurrent_trials=layout.max_concurrent, reuse_actors=True,
+                                        **tune_kwargs),
             run_config=tune.RunConfig(
                 name=f"{self.sweep.spec.name}-{phase}", storage_path=self.storage_path, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.sweep.spec.resources.max_failures),
-                callbacks=[MLflowTreeCallback(self.recorder)],
+                # the JSON results keep Tune's ResultGrid readable; CSV/TensorBoard would only add work
+                callbacks=[MLflowTreeCallback(self.recorder), JsonLoggerCallback()],
             ),
         )
 
@@ -198,8 +210,9 @@ class RayExecutor:
 
         if not nodes:
             return []
-        grid = tune.grid_search([for_execution(n, self.layout).to_dict() for n in nodes])
-        results = self._tuner(phase, {"node": grid}).fit()
+        layout = self.layout.for_phase(len(nodes))
+        grid = tune.grid_search([for_execution(n, layout).to_dict() for n in nodes])
+        results = self._tuner(phase, {"node": grid}, layout).fit()
         return _outcomes(results)
 
     def search(self, base: ExperimentConfig, search: SearchConfig, phase: str) -> list[NodeOutcome]:
@@ -214,7 +227,7 @@ class RayExecutor:
             scheduler = ASHAScheduler(max_t=search.asha.max_t, grace_period=search.asha.grace_period,
                                       reduction_factor=search.asha.reduction_factor)
         node = for_execution(finetune_node(base), self.layout)
-        results = self._tuner(phase, {"node": node.to_dict(), **space}, metric=metric, mode=search.mode,
+        results = self._tuner(phase, {"node": node.to_dict(), **space}, self.layout, metric=metric, mode=search.mode,
                               num_samples=search.num_samples, search_alg=OptunaSearch(seed=search.seed),
                               scheduler=scheduler).fit()
         return _outcomes(results)

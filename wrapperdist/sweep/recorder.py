@@ -117,10 +117,9 @@ class SweepRecorder:
         history = self.store.read_json(key, "history.json")
         # training stages sent their evaluation points live; everything else is replayed now
         sent_live = not cached and result["node_kind"] != "analysis"
-        for step, point in history:
-            if sent_live and any(k.endswith("acc") for k in point):
-                continue  # an evaluation point: already logged when it happened
-            sink.log_metrics(point, step)
+        replay = [(step, point) for step, point in history
+                  if not (sent_live and any(k.endswith("acc") for k in point))]  # evals went out live
+        sink.log_history(replay)
         # final values not already in the curves (evidence, verdict) go at the last step
         last = max((step for step, _ in history), default=0)
         seen = {k for _, point in history for k in point}
