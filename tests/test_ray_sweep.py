@@ -154,6 +154,7 @@ def test_local_sweep_against_mlflow_server(tmp_path):
         done = subprocess.run([*WRAPPERDIST, "sweep", str(path), "--local"], env=env, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "Started a local Ray instance" not in done.stdout + done.stderr  # --local never starts Ray
         mlflow.set_tracking_uri(uri)
         runs = mlflow.search_runs(experiment_names=["raytest"], output_format="list")
         assert sorted(r.data.tags["wrapperdist.stage"] for r in runs) == ["finetune", "finetune", "pretrain", "sweep"]

@@ -125,7 +125,7 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
             runner = RayExecutor(sweep, store, recorder, layout, storage)
         counts = execute(plan, sweep, runner, progress=log)
         status = "FINISHED"
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, _Terminated, SystemExit):  # Ctrl-C, or SIGTERM (ours or Ray's handler)
         status = "KILLED"
         raise
     finally:

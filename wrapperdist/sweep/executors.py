@@ -194,9 +194,10 @@ class RayExecutor:
         return tune.Tuner(
             tune.with_resources(_tune_trainable, resources),
             param_space={**param_space, **common},
-            # reuse_actors: consecutive trials run in a warm actor instead of starting a process each
-            tune_config=tune.TuneConfig(max_concurrent_trials=layout.max_concurrent, reuse_actors=True,
-                                        **tune_kwargs),
+            # Warm actors save in-process trials a process start each. Not with Ray Train: a cached
+            # trial actor holds its CPU share, and the next TorchTrainer's workers no longer fit.
+            tune_config=tune.TuneConfig(max_concurrent_trials=layout.max_concurrent,
+                                        reuse_actors=not layout.train_workers, **tune_kwargs),
             run_config=tune.RunConfig(
                 name=f"{self.sweep.spec.name}-{phase}", storage_path=self.storage_path, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.sweep.spec.resources.max_failures),
