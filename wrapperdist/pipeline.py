@@ -24,8 +24,9 @@ from wrapperdist.train import load_checkpoint
 INIT_TAG = "wrapperdist.init_checkpoint"  # where a fine-tune started: analyses need the pretrained model
 
 
-def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_id: str, out_dir: Path, run,
+def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_id: str, run,
                    extra_tags: dict[str, str] | None = None):
+    """Run `run(sink)` as a child run of `parent_id`, then attach its checkpoint and curves."""
     memory = MemorySink()
     tags = {STAGE_TAG: stage, "wrapperdist.pretrain_key": node_key("pretrain", cfg), **(extra_tags or {})}
     with tracker.run(f"{stage} {cfg.name}", parent_id, flatten(cfg.model_dump(mode="json")), tags) as sink:
@@ -57,7 +58,7 @@ def run_experiment(
         checkpoint: Path | None = None
         if "pretrain" in stages:
             out, run_id = _tracked_stage(
-                tracker, cfg, "pretrain", parent.run_id, root / "pretrain",
+                tracker, cfg, "pretrain", parent.run_id,
                 lambda sink: run_pretrain(cfg, root / "pretrain", sink),
             )
             checkpoint = out.checkpoint
@@ -68,7 +69,7 @@ def run_experiment(
                 checkpoint = _resolve_init(tracker, init_from or cfg.finetune.from_checkpoint, root)
             init = checkpoint
             out, run_id = _tracked_stage(
-                tracker, cfg, "finetune", parent.run_id, root / "finetune",
+                tracker, cfg, "finetune", parent.run_id,
                 lambda sink: run_finetune(cfg, init, root / "finetune", sink),
                 extra_tags={INIT_TAG: str(init.resolve())},
             )
@@ -88,7 +89,7 @@ def control_checkpoint(tracker: Tracker, cfg: ExperimentConfig, parent_id: str) 
     if not store.done(key):
         work = scratch_dir("control")
         try:
-            out, _ = _tracked_stage(tracker, control, "pretrain", parent_id, work,
+            out, _ = _tracked_stage(tracker, control, "pretrain", parent_id,
                                     lambda sink: run_pretrain(control, work, sink), {"wrapperdist.role": "scr_control"})
             write_stage_outputs(work, out.metrics, [])
             store.put(key, work)
