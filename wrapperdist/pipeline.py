@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import yaml
 
 from wrapperdist.analyze import analyze, control_config
@@ -32,7 +33,9 @@ def _tracked_stage(tracker: Tracker, cfg: ExperimentConfig, stage: str, parent_i
     with tracker.run(f"{stage} {cfg.name}", parent_id, flatten(cfg.model_dump(mode="json")), tags) as sink:
         out: StageOutput = run(TeeSink(sink, memory))
         sink.log_artifact(out.checkpoint, "checkpoint")
-        sink.log_figure(training_curves(memory, f"{stage}: {cfg.name}"), f"plots/{stage}_curves.png")
+        figure = training_curves(memory, f"{stage}: {cfg.name}")
+        sink.log_figure(figure, f"plots/{stage}_curves.png")
+        plt.close(figure)
         return out, sink.run_id
 
 
@@ -114,6 +117,7 @@ def run_analysis(tracker: Tracker, cfg: ExperimentConfig, finetune_run_id: str, 
         for name, fig in output.figures.items():
             fig.savefig(out_dir / f"{name}.png", dpi=110)
             sink.log_figure(fig, f"{name}.png")
+            plt.close(fig)
         sink.set_tags({"wrapperdist.verdict": output.verdict.label})
         return {"run_id": sink.run_id, "verdict": output.verdict.label, "report": str(report),
                 **{k: v for k, v in asdict(output.evidence).items()}}

@@ -105,6 +105,8 @@ def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | N
 def _analysis(node: Node, cfg: ExperimentConfig, store: Store, work: Path) -> dict[str, float]:
     from dataclasses import asdict
 
+    import matplotlib.pyplot as plt
+
     from wrapperdist.analyze import analyze
 
     pretrained_key, control_key = node.requires
@@ -117,6 +119,7 @@ def _analysis(node: Node, cfg: ExperimentConfig, store: Store, work: Path) -> di
     (out / "report.md").write_text(output.report)
     for name, fig in output.figures.items():
         fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)  # a sweep makes many: keep pyplot's registry from growing
     evidence = {k: v for k, v in asdict(output.evidence).items() if v is not None}
     metrics = {**{f"evidence.{k}": float(v) for k, v in evidence.items()},
                "verdict_wrapper": float(output.verdict.label == "wrapper")}
