@@ -19,6 +19,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/wrapperdist sweep sweeps/demo.yaml
 	$(BIN)/python analysis/summarize.py --experiment wrapperdist
+	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).
 test: install
