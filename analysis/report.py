@@ -117,6 +117,14 @@ def accuracy_figure(fts: list[FineTune]):
     return fig
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int = 7):
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    return fig
+
+
 def curve_figure(fts: list[FineTune], metric: str, xlabel: str, title: str):
     """Mean ± CI of an analysis curve (x = K, layer or step) per fine-tuning LR and C_Tr."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -124,11 +132,7 @@ def curve_figure(fts: list[FineTune], metric: str, xlabel: str, title: str):
         xs = [x for x, _ in group[0].analysis[metric]]
         values = [[dict(f.analysis[metric]).get(x, float("nan")) for f in group] for x in xs]
         _errorbar(ax, xs, values, f"lr {lr:g}, C_Tr {c:g}")
-    ax.set(xlabel=xlabel, ylabel="accuracy (mean, 95% CI over seeds)", ylim=(-0.02, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, xlabel, "accuracy (mean, 95% CI over seeds)", title)
 
 
 def revival_figure(fts: list[FineTune]):
@@ -137,12 +141,8 @@ def revival_figure(fts: list[FineTune]):
         budgets = sorted(group[0].reft_budgets)
         _errorbar(ax, budgets, [[f.reft_budgets[b] for f in group if b in f.reft_budgets] for b in budgets],
                   f"lr {lr:g}, C_Tr {c:g}")
-    ax.set(xlabel="revival budget (reFT steps)", ylabel="pretraining-task accuracy after reFT", ylim=(-0.02, 1.02),
-           title="revival per budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "revival budget (reFT steps)", "pretraining-task accuracy after reFT",
+                   "revival per budget")
 
 
 def spurious_figure(fts: list[FineTune]):
@@ -150,12 +150,8 @@ def spurious_figure(fts: list[FineTune]):
     for metric in ("pt_acc", "ft_acc", "ft_acc_spurious"):
         by_c = _grouped(fts, lambda f: f.c_tr)
         _errorbar(ax, list(by_c), [[f.metrics[metric] for f in g] for g in by_c.values()], metric)
-    ax.set(xlabel="spurious fraction C_Tr", ylabel="accuracy after FT (all priors and LRs)", ylim=(-0.02, 1.02),
-           title="effect of the spurious correlation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "spurious fraction C_Tr", "accuracy after FT (all priors and LRs)",
+                   "effect of the spurious correlation", legend_size=8)
 
 
 def _cell(values: list[float]) -> str:

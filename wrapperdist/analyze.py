@@ -131,14 +131,14 @@ def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT
     reft_model = copy.deepcopy(finetuned)
     reft_curves = {
         f"fine-tuned → reFT (lr {lr:g})": run_reft(cfg, reft_model, lr, PrefixSink(sink, "reft.finetuned."),
-                                                   "reFT fine-tuned"),
+                                                   "reFT fine-tuned", sets=sets),
         f"Scr.+FT control (lr {lr:g})": run_reft(cfg, copy.deepcopy(control), lr,
-                                                 PrefixSink(sink, "reft.control."), "reFT control"),
+                                                 PrefixSink(sink, "reft.control."), "reFT control", sets=sets),
         f"Scr.+FT control (lr {lr * a.reft.control_lr_multiplier:g})": run_reft(
             cfg, copy.deepcopy(control), lr * a.reft.control_lr_multiplier,
-            PrefixSink(sink, "reft.control_high_lr."), "reFT control, high lr"),
+            PrefixSink(sink, "reft.control_high_lr."), "reFT control, high lr", sets=sets),
         f"random init (lr {lr:g})": run_reft(cfg, copy.deepcopy(random_init), lr,
-                                             PrefixSink(sink, "reft.random_init."), "reFT random init"),
+                                             PrefixSink(sink, "reft.random_init."), "reFT random init", sets=sets),
     }
     figures["reft"] = reft_figure(reft_curves, v.reft_threshold, f"reverse fine-tuning ({cfg.name})")
     reft_steps = {label: steps_to_reach(curve, v.reft_threshold) for label, curve in reft_curves.items()}

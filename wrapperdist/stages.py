@@ -169,12 +169,14 @@ def reft_optim(cfg: ExperimentConfig, lr: float, steps: int | None = None) -> Op
 
 
 def run_reft(cfg: ExperimentConfig, model: GPT, lr: float, sink: Sink, desc: str = "reft",
-             steps: int | None = None, dist: Distributed = IN_PROCESS) -> list[tuple[int, float]]:
+             steps: int | None = None, dist: Distributed = IN_PROCESS,
+             sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[tuple[int, float]]:
     """Reverse fine-tune `model` (in place) on the pretraining capability for `steps` (default
-    analysis.reft.steps); returns the pt_acc curve."""
+    analysis.reft.steps); returns the pt_acc curve. `sets`: the experiment's eval sets, when the
+    caller already built them (the analysis runs four reFTs on the same ones)."""
     set_threads(cfg)
     tasks = build_tasks(cfg)
-    sets = eval_sets(cfg, tasks)
+    sets = sets or eval_sets(cfg, tasks)
     memory = MemorySink()
     optim = reft_optim(cfg, lr, steps)
     torch.manual_seed(cfg.seed)

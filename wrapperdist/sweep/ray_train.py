@@ -82,7 +82,8 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
         replay = ReportingSink(node, report)
         for step, metrics in history:
             replay.log_metrics(metrics, step)
-        final = {k: v for step, m in history for k, v in m.items() if step == max(s for s, _ in history)}
+        last = max(step for step, _ in history)
+        final = {k: v for step, m in history if step == last for k, v in m.items()}
         return final, history
 
     return run
