@@ -14,12 +14,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: a real local Ray sweep at CPU scale (sweeps/demo.yaml), recorded in ./mlflow.db,
-## then its summary read back from MLflow. About 15 minutes on 2 cores.
+## The main job: the headline reproduction (sweeps/demo.yaml: 3 priors x 3 LRs x 3 seeds, analysed),
+## a local Ray sweep recorded in ./mlflow.db, then the paper's figures and tables read back from
+## MLflow into reports/headline/. About 25 minutes on 2 cores, install included.
 demo: install
 	$(BIN)/wrapperdist sweep sweeps/demo.yaml
 	$(BIN)/python analysis/summarize.py --experiment wrapperdist
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+	@echo
+	@echo "Report:    $(CURDIR)/reports/headline/report.md (figures beside it)"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  ->  http://127.0.0.1:5000"
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).
 test: install

@@ -4,7 +4,9 @@
     python analysis/report.py [--experiment wrapperdist] [--sweep RUN_ID] [--out reports]
 
 Writes, under OUT/<sweep name>/: accuracy.png (pretraining/fine-tuning accuracy per prior × LR),
-pruning.png, probes.png, revival.png (reFT per budget), spurious.png (effect of C_Tr) and report.md.
+pruning.png (accuracy vs units pruned), probes.png (probe accuracy per layer: pretrained / fine-tuned /
+reFT / random init), revival.png (reFT curves vs the from-scratch controls, with the revival-budget
+runs), spurious.png (effect of C_Tr, when the sweep varies it) and report.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats  # noqa: E402
 
@@ -45,6 +48,7 @@ class FineTune:
     c_tr: float
     seed: int
     metrics: dict[str, float]
+    pt_acc_pretrained: float  # the fine-tune's step-0 evaluation: the pretrained model, before any FT
     analysis: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (x, value)
     reft_budgets: dict[int, float] = field(default_factory=dict)  # budget -> pt_acc after reFT
 
@@ -59,6 +63,10 @@ def _prior(params: dict[str, str]) -> str:
     return "(" + ",".join(params.get(f"pretrain.data.prior.{t}", "0") for t in "abc") + ")"
 
 
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
 def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[FineTune]:
     runs = client.search_runs([experiment_id], filter_string=f"tags.`wrapperdist.sweep` = '{sweep_id}'",
                               max_results=50_000)
@@ -71,7 +79,8 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
             continue
         p = r.data.params
         ft = FineTune(r.info.run_id, _prior(p), float(p["finetune.optim.lr"]),
-                      float(p["finetune.spurious_fraction"]), int(p["seed"]), dict(r.data.metrics))
+                      float(p["finetune.spurious_fraction"]), int(p["seed"]), dict(r.data.metrics),
+                      _history(client, r.info.run_id, "pt_acc")[0][1])
         for child in by_parent[r.info.run_id]:
             if child.info.status != "FINISHED":
                 continue
@@ -80,17 +89,20 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
             elif child.data.tags.get(STAGE_TAG) == "analysis":
                 for key in child.data.metrics:
                     if key.startswith(("prune.", "probe.", "reft.", "evidence.", "verdict_")):
-                        history = client.get_metric_history(child.info.run_id, key)
-                        ft.analysis[key] = sorted((m.step, m.value) for m in history)
+                        ft.analysis[key] = _history(client, child.info.run_id, key)
         out.append(ft)
-    return out
+    return sorted(out, key=lambda f: (PRIOR_ORDER.get(f.prior, 9), f.prior, f.lr, f.c_tr, f.seed))
+
+
+PRIOR_ORDER = {"low": 0, "medium": 1, "high": 2}
 
 
 def _grouped(fts: list[FineTune], key) -> dict:
+    """Groups in first-seen order (collect() sorts priors low → high, then LR, C_Tr and seed)."""
     groups: dict = defaultdict(list)
     for ft in fts:
         groups[key(ft)].append(ft)
-    return dict(sorted(groups.items(), key=lambda kv: str(kv[0])))
+    return dict(groups)
 
 
 def _errorbar(ax, xs, groups: list[list[float]], label: str, **kw) -> None:
@@ -99,59 +111,112 @@ def _errorbar(ax, xs, groups: list[list[float]], label: str, **kw) -> None:
 
 
 def accuracy_figure(fts: list[FineTune]):
+    """Pretraining and fine-tuning accuracy after FT per prior × LR; dashed: the pretrained model."""
     c_values = sorted({ft.c_tr for ft in fts})
-    fig, axes = plt.subplots(len(c_values), 2, figsize=(11, 3.6 * len(c_values)), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(c_values), 2, figsize=(11, 3.8 * len(c_values)), squeeze=False, sharey=True)
     for row, c in enumerate(c_values):
         for col, metric in enumerate(("pt_acc", "ft_acc")):
             ax = axes[row][col]
-            for prior, group in _grouped([f for f in fts if f.c_tr == c], lambda f: f.prior).items():
+            for i, (prior, group) in enumerate(_grouped([f for f in fts if f.c_tr == c], lambda f: f.prior).items()):
                 by_lr = _grouped(group, lambda f: f.lr)
-                _errorbar(ax, list(by_lr), [[f.metrics[metric] for f in g] for g in by_lr.values()], f"prior {prior}")
+                color = f"C{i}"
+                _errorbar(ax, list(by_lr), [[f.metrics[metric] for f in g] for g in by_lr.values()],
+                          f"prior {prior}, after FT", color=color)
+                if metric == "pt_acc":
+                    before = mean_ci([f.pt_acc_pretrained for f in group])[0]
+                    ax.axhline(before, color=color, linestyle="--", linewidth=1, label=f"prior {prior}, pretrained")
             ax.set_xscale("log")
             ax.set(xlabel="fine-tuning LR", ylim=(-0.02, 1.02),
-                   title=f"{'pretraining task' if metric == 'pt_acc' else 'fine-tuning task'} after FT, C_Tr={c:g}")
+                   title=f"{'pretraining task (count O_PT)' if metric == 'pt_acc' else 'fine-tuning task (count O_FT)'}"
+                         f", C_Tr={c:g}")
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel("answer accuracy (mean, 95% CI over seeds)")
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_size: int = 7):
-    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
-    fig.tight_layout()
+def panel_grid(fts: list[FineTune], series: dict[str, str], xlabel: str, title: str, markers=None):
+    """One panel per (prior, C_Tr) row × fine-tuning LR column; in each, mean ± 95 % CI over seeds of
+    the analysis curves named in `series` (legend label -> metric key). `markers(group, ax)` may add
+    points of its own (e.g. the revival-budget runs)."""
+    rows = list(_grouped(fts, lambda f: (f.prior, f.c_tr)))
+    cols = sorted({f.lr for f in fts})
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.9 * len(rows)),
+                             squeeze=False, sharex=True, sharey=True)
+    for r, (prior, c) in enumerate(rows):
+        for k, lr in enumerate(cols):
+            ax = axes[r][k]
+            group = [f for f in fts if (f.prior, f.c_tr, f.lr) == (prior, c, lr)]
+            for i, (label, metric) in enumerate(series.items()):
+                have = [f for f in group if metric in f.analysis]
+                if not have:
+                    continue
+                xs = [x for x, _ in have[0].analysis[metric]]
+                values = [[dict(f.analysis[metric]).get(x, float("nan")) for f in have] for x in xs]
+                means, cis = zip(*(mean_ci(v) for v in values), strict=True)
+                lo = [m - h for m, h in zip(means, cis, strict=True)]
+                hi = [m + h for m, h in zip(means, cis, strict=True)]
+                ax.plot(xs, means, color=f"C{i}", marker=".", markersize=3, linewidth=1.3, label=label)
+                ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15, linewidth=0)
+            if markers:
+                markers(group, ax)
+            ax.set(ylim=(-0.02, 1.02), title=f"prior {prior}, C_Tr {c:g}, FT lr {lr:g}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.title.set_fontsize(8)
+            ax.grid(alpha=0.3)
+            if r == len(rows) - 1:
+                ax.set_xlabel(xlabel, fontsize=8)
+        axes[r][0].set_ylabel("accuracy", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.suptitle(f"{title} (mean, shaded 95% CI over seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 / len(rows), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     return fig
 
 
-def curve_figure(fts: list[FineTune], metric: str, xlabel: str, title: str):
-    """Mean ± CI of an analysis curve (x = K, layer or step) per fine-tuning LR and C_Tr."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (lr, c), group in _grouped([f for f in fts if metric in f.analysis], lambda f: (f.lr, f.c_tr)).items():
-        xs = [x for x, _ in group[0].analysis[metric]]
-        values = [[dict(f.analysis[metric]).get(x, float("nan")) for f in group] for x in xs]
-        _errorbar(ax, xs, values, f"lr {lr:g}, C_Tr {c:g}")
-    return _finish(fig, ax, xlabel, "accuracy (mean, 95% CI over seeds)", title)
+PRUNING_SERIES = {
+    "count O_PT, grad x weight units removed": "prune.paper.pt_acc",
+    "count O_PT, random units removed": "prune.random.pt_acc",
+    "count O_FT, grad x weight units removed": "prune.paper.ft_acc",
+    "count O_FT, random units removed": "prune.random.ft_acc",
+}
+PROBE_SERIES = {f"{m} model": f"probe.pt.{m}" for m in PROBE_MODELS}
+REFT_SERIES = {
+    "fine-tuned -> reFT": "reft.finetuned.pt_acc",
+    "Scr.+FT, same lr": "reft.control.pt_acc",
+    "Scr.+FT, 10x lr": "reft.control_high_lr.pt_acc",
+    "random init": "reft.random_init.pt_acc",
+}
+
+
+def _budget_markers(group: list[FineTune], ax) -> None:
+    budgets = sorted({b for f in group for b in f.reft_budgets})
+    if budgets:
+        _errorbar(ax, budgets, [[f.reft_budgets[b] for f in group if b in f.reft_budgets] for b in budgets],
+                  "budget runs (reFT of FT model)", color="black", linestyle="none")
 
 
 def revival_figure(fts: list[FineTune]):
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (lr, c), group in _grouped([f for f in fts if f.reft_budgets], lambda f: (f.lr, f.c_tr)).items():
-        budgets = sorted(group[0].reft_budgets)
-        _errorbar(ax, budgets, [[f.reft_budgets[b] for f in group if b in f.reft_budgets] for b in budgets],
-                  f"lr {lr:g}, C_Tr {c:g}")
-    return _finish(fig, ax, "revival budget (reFT steps)", "pretraining-task accuracy after reFT",
-                   "revival per budget")
+    return panel_grid(fts, REFT_SERIES, "reFT step", "pretraining-task accuracy during reFT vs from scratch",
+                      markers=_budget_markers)
 
 
 def spurious_figure(fts: list[FineTune]):
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_c = _grouped(sorted(fts, key=lambda f: f.c_tr), lambda f: f.c_tr)
     for metric in ("pt_acc", "ft_acc", "ft_acc_spurious"):
-        by_c = _grouped(fts, lambda f: f.c_tr)
         _errorbar(ax, list(by_c), [[f.metrics[metric] for f in g] for g in by_c.values()], metric)
-    return _finish(fig, ax, "spurious fraction C_Tr", "accuracy after FT (all priors and LRs)",
-                   "effect of the spurious correlation", legend_size=8)
+    probe = {c: [f.analysis["evidence.probe_finetuned"][-1][1] for f in g if "evidence.probe_finetuned" in f.analysis]
+             for c, g in by_c.items()}
+    if all(probe.values()):
+        _errorbar(ax, list(probe), list(probe.values()), "probe count O_PT (FT model)", linestyle="--")
+    ax.set(xlabel="spurious fraction C_Tr", ylabel="accuracy after FT (all priors and LRs)", ylim=(-0.02, 1.02),
+           title="effect of the spurious correlation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _cell(values: list[float]) -> str:
@@ -164,19 +229,38 @@ def _finals(group: list[FineTune], key: str) -> list[float]:
     return [f.analysis[key][-1][1] for f in group if key in f.analysis]
 
 
-def markdown(sweep_name: str, fts: list[FineTune]) -> str:
-    lines = [f"# Sweep {sweep_name}", "", f"{len(fts)} finished fine-tunes; mean ± 95 % CI over seeds.", "",
-             "| prior | FT lr | C_Tr | seeds | pt_acc | ft_acc | ft_acc (C_Te=1) | probe count-a (FT) | "
-             "reFT steps to threshold | wrapper verdicts |", "|---|---|---|---|---|---|---|---|---|---|"]
+def _steps_cell(group: list[FineTune]) -> str:
+    """Steps to the reFT threshold over the runs that reached it, and how many never did (within the
+    analysis budget): dropping those silently would make a destroyed capability look fast."""
+    analysed = [f for f in group if "evidence.reft_budget" in f.analysis]
+    if not analysed:
+        return "-"
+    steps = _finals(analysed, "evidence.reft_steps_finetuned")
+    reached = f"{len(steps)}/{len(analysed)} reached"
+    if not steps:
+        return f"never ({reached})"
+    mean, ci = mean_ci(steps)
+    return f"{mean:.0f} ± {ci:.0f} ({reached})" if len(steps) > 1 else f"{mean:.0f} ({reached})"
+
+
+def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
+    lines = [f"# Sweep {sweep_name}", "", f"{len(fts)} finished fine-tunes; mean ± 95 % CI over seeds. pt_acc / "
+             "ft_acc: answer accuracy on the pretraining (count O_PT) / fine-tuning (count O_FT) task; C_Te=1: the "
+             "fine-tuning test set where the spurious relation always holds.", "",
+             "| prior | FT lr | C_Tr | seeds | pt_acc pretrained | pt_acc after FT | ft_acc | ft_acc (C_Te=1) | "
+             "probe count O_PT (FT model) | reFT steps to threshold | wrapper verdicts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
         probe = _finals(group, "evidence.probe_finetuned")
-        steps = _finals(group, "evidence.reft_steps_finetuned")
         verdicts = _finals(group, "verdict_wrapper")
         lines.append(
-            f"| {prior} | {lr:g} | {c:g} | {len(group)} | {_cell([f.metrics['pt_acc'] for f in group])} | "
-            f"{_cell([f.metrics['ft_acc'] for f in group])} | {_cell([f.metrics['ft_acc_spurious'] for f in group])} | "
-            f"{_cell(probe) if probe else '-'} | {_cell(steps) if steps else '-'} | "
-            f"{f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")
+            f"| {prior} | {lr:g} | {c:g} | {len(group)} | {_cell([f.pt_acc_pretrained for f in group])} | "
+            f"{_cell([f.metrics['pt_acc'] for f in group])} | {_cell([f.metrics['ft_acc'] for f in group])} | "
+            f"{_cell([f.metrics['ft_acc_spurious'] for f in group])} | {_cell(probe) if probe else '-'} | "
+            f"{_steps_cell(group)} | {f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")
+    floors = [x for f in fts for x in _finals([f], "evidence.probe_random_init")]
+    if floors:
+        lines += ["", f"Probe floor (same probe on a randomly initialised model): {_cell(floors)} over all runs."]
     budgets = sorted({b for f in fts for b in f.reft_budgets})
     if budgets:
         lines += ["", "## Revival per budget (pretraining-task accuracy after reFT)", "",
@@ -185,7 +269,10 @@ def markdown(sweep_name: str, fts: list[FineTune]) -> str:
         for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
             cells = [_cell([f.reft_budgets[b] for f in group if b in f.reft_budgets]) for b in budgets]
             lines.append(f"| {prior} | {lr:g} | {c:g} | " + " | ".join(cells) + " |")
-    lines += ["", "Figures: accuracy.png, pruning.png, probes.png, revival.png, spurious.png"]
+    if "spurious" not in figures:
+        lines += ["", "This sweep has a single C_Tr value, so there is no spurious-correlation figure "
+                  "(sweep over `finetune.spurious_fraction` for it, e.g. `sweeps/spurious.yaml`)."]
+    lines += ["", "Figures: " + ", ".join(f"[{name}]({name}.png)" for name in figures)]
     return "\n".join(lines) + "\n"
 
 
@@ -204,22 +291,24 @@ def build_report(experiment: str, out: Path, sweep_id: str | None = None) -> Pat
     fts = collect(client, exp.experiment_id, sweep_id)
     if not fts:
         raise SystemExit(f"sweep {sweep_id} has no finished fine-tune runs")
-    folder = out / sweep.info.run_name.removeprefix("sweep ").replace(" ", "_")
+    sweep_name = sweep.info.run_name.removeprefix("sweep ")
+    folder = out / sweep_name.replace(" ", "_")
     folder.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "accuracy": accuracy_figure(fts),
-        "pruning": curve_figure(fts, "prune.paper.pt_acc", "MLP units removed (K, grad x weight)",
-                                "pretraining-task accuracy after pruning"),
-        "probes": curve_figure(fts, "probe.pt.fine-tuned", "residual stream depth (0 = embeddings)",
-                               "probe for count O_PT on the fine-tuned model"),
-        "revival": revival_figure(fts),
-        "spurious": spurious_figure(fts),
-    }
+    figures = {"accuracy": accuracy_figure(fts)}
+    if any(f.analysis for f in fts):
+        figures["pruning"] = panel_grid(fts, PRUNING_SERIES, "MLP units removed (K)",
+                                        "accuracy of the fine-tuned model after pruning")
+        figures["probes"] = panel_grid(fts, PROBE_SERIES, "residual stream depth (0 = embeddings)",
+                                       "linear probe for count O_PT, per layer")
+    if any(f.analysis or f.reft_budgets for f in fts):
+        figures["revival"] = revival_figure(fts)
+    if len({f.c_tr for f in fts}) > 1:
+        figures["spurious"] = spurious_figure(fts)
     for name, fig in figures.items():
         fig.savefig(folder / f"{name}.png", dpi=110)
         plt.close(fig)
     report = folder / "report.md"
-    report.write_text(markdown(sweep.info.run_name, fts))
+    report.write_text(markdown(sweep_name, fts, list(figures)))
     return report
 
 

@@ -38,7 +38,7 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--local"]) == 0
     path = _report_module().build_report("rep", tmp_path / "reports")
     folder = path.parent
-    for name in ("accuracy", "pruning", "probes", "revival", "spurious"):
+    for name in ("accuracy", "pruning", "probes", "revival"):
         assert (folder / f"{name}.png").stat().st_size > 10_000, name
     text = path.read_text()
     runs = mlflow.search_runs(experiment_names=["rep"], output_format="list",
@@ -49,3 +49,11 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
         row = next(line for line in text.splitlines() if line.startswith(f"| medium | {float(lr):g} | "))
         assert "| 2 |" in row  # two seeds
         assert re.search(rf"\| {sum(values) / 2:.3f} ± \d\.\d{{3}} \|", row.split("| 2 |")[1]), row
+        assert re.search(r"\| (\d+( ± \d+)?|never) \(\d/2 reached\) \|", row), row  # steps, never-reached counted
+    assert "single C_Tr value" in text and not (folder / "spurious.png").exists()
+    analyses = mlflow.search_runs(experiment_names=["rep"], output_format="list",
+                                  filter_string="tags.`wrapperdist.stage` = 'analysis'")
+    assert len(analyses) == 4
+    for run in analyses:  # the compare view needs every key on every run
+        assert {"verdict_wrapper", "verdict_reft_faster", "evidence.probe_gap", "evidence.reft_reached_finetuned",
+                "evidence.reft_final_pt_acc_finetuned", "evidence.reft_final_pt_acc_control"} <= set(run.data.metrics)

@@ -61,6 +61,29 @@ class AnalysisOutput:
     verdict: Verdict
     report: str
     figures: dict[str, Figure] = field(default_factory=dict)
+    reft_final_pt_acc: dict[str, float] = field(default_factory=dict)  # model -> pt_acc at the end of reFT
+
+    def summary_metrics(self) -> dict[str, float]:
+        """One number per line of evidence, logged on the analysis run so the MLflow compare view and
+        parallel-coordinates plot can set them against the grid's parameters. Every key is always
+        present (a run missing a metric drops out of those plots): "never reached" is 0 in
+        `reft_reached_*`, and the reFT end accuracy carries the revival even then."""
+        e, v = self.evidence, self.verdict
+        metrics = {f"evidence.{k}": float(x) for k, x in asdict(e).items() if x is not None}
+        metrics |= {
+            "evidence.reft_reached_finetuned": float(e.reft_steps_finetuned is not None),
+            "evidence.reft_reached_control": float(e.reft_steps_control is not None),
+            "evidence.probe_gap": e.probe_finetuned - e.probe_random_init,
+            **{f"evidence.reft_final_pt_acc_{k}": x for k, x in self.reft_final_pt_acc.items()},
+            "verdict_wrapper": float(v.label == "wrapper"),
+            "verdict_capability_changed": float(v.label == "capability changed"),
+            "verdict_pruning_revives": float(v.pruning_revives),
+            "verdict_probe_decodes": float(v.probe_decodes),
+            "verdict_reft_faster": float(v.reft_faster),
+        }
+        if v.reft_speedup is not None:
+            metrics["verdict_reft_speedup"] = v.reft_speedup
+        return metrics
 
 
 def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,9 +194,12 @@ def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT
         reft_budget=a.reft.steps,
     )
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
-    sink.log_metrics({f"evidence.{k}": float(x) for k, x in asdict(evidence).items() if x is not None}, 0)
     report = render_report(cfg, evidence, verdict, curves, probes, floors, reft_steps, shift, len(learned.removed))
-    return AnalysisOutput(evidence, verdict, report, figures)
+    reft_final = {key: curve[-1][1] for key, curve in zip(("finetuned", "control", "control_high_lr", "random_init"),
+                                                           reft_curves.values(), strict=True)}
+    output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
+    sink.log_metrics(output.summary_metrics(), 0)
+    return output
 
 
 def render_report(cfg, e: Evidence, verdict: Verdict, curves, probes, floors, reft_steps, shift,

@@ -120,9 +120,7 @@ def _analysis(node: Node, cfg: ExperimentConfig, store: Store, work: Path) -> di
     for name, fig in output.figures.items():
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)  # a sweep makes many: keep pyplot's registry from growing
-    evidence = {k: v for k, v in asdict(output.evidence).items() if v is not None}
-    metrics = {**{f"evidence.{k}": float(v) for k, v in evidence.items()},
-               "verdict_wrapper": float(output.verdict.label == "wrapper")}
+    metrics = output.summary_metrics()
     (out / "verdict.json").write_text(json.dumps({"label": output.verdict.label, **asdict(output.verdict)}))
     write_stage_outputs(out, metrics, sink.metrics)
     return metrics
