@@ -58,6 +58,9 @@ class FineTune:
 
 
 def _prior(params: dict[str, str]) -> str:
+    """The row label of a pretrained model: its sampling prior (PCFG) or its compiled program (Tracr)."""
+    if "tracr.program" in params:
+        return f"tracr {params['tracr.program']}({params['tracr.pretrain_target']})"
     if "pretrain.data.prior" in params:
         return params["pretrain.data.prior"]
     return "(" + ",".join(params.get(f"pretrain.data.prior.{t}", "0") for t in "abc") + ")"
@@ -224,6 +227,12 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.3f} ± {ci:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
+def _metric_cell(group: list[FineTune], key: str) -> str:
+    """A fine-tune metric some settings lack (the Tracr setting has no C_Te = 1 set)."""
+    values = [f.metrics[key] for f in group if key in f.metrics]
+    return _cell(values) if values else "-"
+
+
 def _finals(group: list[FineTune], key: str) -> list[float]:
     """The last value of an analysis metric, for the runs that have it."""
     return [f.analysis[key][-1][1] for f in group if key in f.analysis]
@@ -256,7 +265,7 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
         lines.append(
             f"| {prior} | {lr:g} | {c:g} | {len(group)} | {_cell([f.pt_acc_pretrained for f in group])} | "
             f"{_cell([f.metrics['pt_acc'] for f in group])} | {_cell([f.metrics['ft_acc'] for f in group])} | "
-            f"{_cell([f.metrics['ft_acc_spurious'] for f in group])} | {_cell(probe) if probe else '-'} | "
+            f"{_metric_cell(group, 'ft_acc_spurious')} | {_cell(probe) if probe else '-'} | "
             f"{_steps_cell(group)} | {f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")
     floors = [x for f in fts for x in _finals([f], "evidence.probe_random_init")]
     if floors:

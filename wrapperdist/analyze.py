@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.data import TERMINALS, PCFGTasks
+from wrapperdist.data import TERMINALS
 from wrapperdist.mech import (
     Evidence,
     Verdict,
@@ -20,25 +20,30 @@ from wrapperdist.mech import (
     judge,
     learned_removal_mask,
     majority_baseline,
+    mlp_unit_change,
     pattern_shift,
     probe_layers,
     random_ranking,
     rank_units,
+    relative_change,
     removal_curve,
     steps_to_reach,
 )
-from wrapperdist.models import GPT
-from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure
+from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure, weight_change_figure
 from wrapperdist.sink import PrefixSink, Sink
 from wrapperdist.stages import (
+    Model,
+    Tasks,
     build_tasks,
     capability_batches,
+    describe_tasks,
     eval_sets,
+    ft_task,
     make_evaluator,
-    model_shape,
+    pt_task,
+    random_like,
     run_reft,
     set_threads,
-    task_spec,
 )
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
@@ -46,7 +51,12 @@ ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from tr
 
 def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """Scr.+FT control: the same pretraining with O_FT in O_PT's place (their prior masses swapped),
-    so the model is strong at counting O_FT and never had a strong O_PT counter."""
+    so the model is strong at counting O_FT and never had a strong O_PT counter. In the Tracr
+    setting: the program compiled for the fine-tuning target instead."""
+    if cfg.tracr is not None:
+        swapped = cfg.tracr.model_copy(update={"pretrain_target": cfg.tracr.finetune_target,
+                                               "finetune_target": cfg.tracr.pretrain_target})
+        return cfg.model_copy(update={"name": f"{cfg.name}-scr-control", "tracr": swapped})
     prior = list(cfg.pretrain.data.prior_vector())
     i, j = TERMINALS.index(cfg.pretrain.capability.operand), TERMINALS.index(cfg.finetune.task.operand)
     prior[i], prior[j] = prior[j], prior[i]
@@ -90,10 +100,10 @@ def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
 
 
-def _pruning(cfg, tasks: PCFGTasks, model: GPT, evaluate, sink: Sink):
+def _pruning(cfg, tasks: Tasks, model: Model, evaluate, sink: Sink):
     p = cfg.analysis.prune
     rng = np.random.default_rng(ANALYSIS_SEED)
-    tokens, answers = _as_tensors(tasks.task_batch(p.score_samples, rng, task_spec(cfg.pretrain.capability)))
+    tokens, answers = _as_tensors(tasks.task_batch(p.score_samples, rng, pt_task(cfg)))
     paper = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
     randoms = [removal_curve(model, random_ranking(model, seed), p.ks, evaluate) for seed in range(p.random_controls)]
     random_mean = [(pt.k, {key: float(np.mean([r[i].metrics[key] for r in randoms])) for key in pt.metrics})
@@ -114,15 +124,15 @@ def _pruning(cfg, tasks: PCFGTasks, model: GPT, evaluate, sink: Sink):
     return curves, learned
 
 
-def _probing(cfg, tasks: PCFGTasks, models: dict[str, GPT], sink: Sink):
+def _probing(cfg, tasks: Tasks, models: dict[str, Model], sink: Sink):
     pr = cfg.analysis.probe
     rng = np.random.default_rng(ANALYSIS_SEED + 1)
     n_classes = tasks.vocab.max_number + 1
     results: dict[str, dict[str, dict[str, float]]] = {}
     floors: dict[str, float] = {}
-    for target_name, task in (("pretraining target (count O_PT)", cfg.pretrain.capability),
-                              ("fine-tuning target (count O_FT)", cfg.finetune.task)):
-        tokens, answers = _as_tensors(tasks.task_batch(pr.samples, rng, task_spec(task)))
+    for target_name, task in (("pretraining target (count O_PT)", pt_task(cfg)),
+                              ("fine-tuning target (count O_FT)", ft_task(cfg))):
+        tokens, answers = _as_tensors(tasks.task_batch(pr.samples, rng, task))
         targets = answers - tasks.vocab.number_offset  # counts 0..max_len
         floors[target_name] = majority_baseline(targets, pr.test_frac)
         results[target_name] = {}
@@ -135,7 +145,7 @@ def _probing(cfg, tasks: PCFGTasks, models: dict[str, GPT], sink: Sink):
     return results, floors
 
 
-def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT, sink: Sink) -> AnalysisOutput:
+def analyze(cfg: ExperimentConfig, pretrained: Model, finetuned: Model, control: Model, sink: Sink) -> AnalysisOutput:
     """Run all four analyses on `finetuned` (pretrained = its starting point, control = Scr.+FT)."""
     set_threads(cfg)
     tasks = build_tasks(cfg)
@@ -145,12 +155,16 @@ def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT
     figures: dict[str, Figure] = {}
     base = evaluate(finetuned)
 
+    changes = relative_change(pretrained, finetuned)
+    sink.log_metrics({f"weights.change.{name}": x for name, x in changes.items()}, 0)
+    top_units = mlp_unit_change(pretrained, finetuned)[:8]
+    figures["weights"] = weight_change_figure(changes, f"where fine-tuning changed the weights ({cfg.name})")
+
     curves, learned = _pruning(cfg, tasks, finetuned, evaluate, sink)
     figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})")
 
     lr = a.reft.lr
-    torch.manual_seed(cfg.seed + 1)
-    random_init = GPT(model_shape(cfg, tasks))
+    random_init = random_like(pretrained, cfg.seed + 1)
     reft_model = copy.deepcopy(finetuned)
     reft_curves = {
         f"fine-tuned → reFT (lr {lr:g})": run_reft(cfg, reft_model, lr, PrefixSink(sink, "reft.finetuned."),
@@ -171,7 +185,7 @@ def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT
     figures["probes"] = probe_figure(probes, floors, f"linear probes per layer ({cfg.name})")
 
     prompts = torch.from_numpy(tasks.task_batch(a.attention_prompts, np.random.default_rng(ANALYSIS_SEED + 2),
-                                                task_spec(cfg.pretrain.capability))[0])
+                                                pt_task(cfg))[0])
     before, after = attention_patterns(pretrained, prompts), attention_patterns(finetuned, prompts)
     shift = pattern_shift(before, after)
     for layer, row in enumerate(shift.tolist()):
@@ -195,11 +209,21 @@ def analyze(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT
     )
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
     report = render_report(cfg, evidence, verdict, curves, probes, floors, reft_steps, shift, len(learned.removed))
+    report += weight_change_section(changes, top_units)
     reft_final = {key: curve[-1][1] for key, curve in zip(("finetuned", "control", "control_high_lr", "random_init"),
                                                            reft_curves.values(), strict=True)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
     sink.log_metrics(output.summary_metrics(), 0)
     return output
+
+
+def weight_change_section(changes: dict[str, float], top_units: list[tuple[int, int, float]]) -> str:
+    ranked = sorted(changes.items(), key=lambda kv: -kv[1])
+    lines = ["", "## Where fine-tuning changed the weights (relative Frobenius change; figure weights.png)", "",
+             "| parameter | change |", "|---|---|", *(f"| {n} | {x:.4f} |" for n, x in ranked[:10]), "",
+             "MLP units that moved most (layer, unit: ‖Δ in‖ + ‖Δ out‖): "
+             + ", ".join(f"{layer}.{unit}: {x:.3f}" for layer, unit, x in top_units), ""]
+    return "\n".join(lines)
 
 
 def render_report(cfg, e: Evidence, verdict: Verdict, curves, probes, floors, reft_steps, shift,
@@ -215,9 +239,8 @@ def render_report(cfg, e: Evidence, verdict: Verdict, curves, probes, floors, re
         f"**Verdict: {verdict.label}** (pruning revives: {yes(verdict.pruning_revives)}, probe decodes: "
         f"{yes(verdict.probe_decodes)}, reFT faster than Scr.+FT: {yes(verdict.reft_faster)})",
         "",
-        f"Fine-tuned on {cfg.finetune.task.family}({cfg.finetune.task.operand}) at lr {cfg.finetune.optim.lr:g} "
-        f"for {cfg.finetune.optim.steps} steps, C_Tr = {cfg.finetune.spurious_fraction}; pretraining prior "
-        f"{cfg.pretrain.data.prior}. Pretraining-task accuracy of the fine-tuned model: {e.pt_acc_finetuned:.3f}.",
+        f"Fine-tuned at lr {cfg.finetune.optim.lr:g} for {cfg.finetune.optim.steps} steps: {describe_tasks(cfg)}. "
+        f"Pretraining-task accuracy of the fine-tuned model: {e.pt_acc_finetuned:.3f}.",
         "",
         "## Thresholds",
         f"- pruning: pt_acc gain >= {v.prune_min_gain} with at most {v.prune_max_k} units (paper's grad·weight method)",

@@ -108,3 +108,16 @@ def attention_figure(before, after, labels: list[str], title: str) -> Figure:
     fig.suptitle(f"{title}\nprompt: {' '.join(labels)}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def weight_change_figure(changes: dict[str, float], title: str) -> Figure:
+    """Relative change of every parameter tensor between the pretrained and the fine-tuned model."""
+    names = list(changes)
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(names) + 1.2))
+    ax.barh(range(len(names)), [changes[n] for n in names], color="C0")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="‖W_ft − W_pt‖ / ‖W_pt‖  (absolute change where W_pt = 0)", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

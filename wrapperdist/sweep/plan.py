@@ -52,6 +52,8 @@ def with_metrics(report: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
 
 
 def _short(cfg: ExperimentConfig) -> str:
+    if cfg.tracr is not None:  # compiled: the seed only enters at fine-tuning
+        return f"tracr={cfg.tracr.program}({cfg.tracr.pretrain_target})"
     prior = cfg.pretrain.data.prior
     vector = ",".join(f"{p:g}" for p in cfg.pretrain.data.prior_vector())
     shown = prior if isinstance(prior, str) else f"({vector})"
@@ -60,6 +62,8 @@ def _short(cfg: ExperimentConfig) -> str:
 
 def _ft(cfg: ExperimentConfig) -> str:
     ft = cfg.finetune
+    if cfg.tracr is not None:
+        return f"lr={ft.optim.lr:g} to={cfg.tracr.finetune_target} {_short(cfg)} seed={cfg.seed}"
     return f"lr={ft.optim.lr:g} C_Tr={ft.spurious_fraction:g} {_short(cfg)}"
 
 

@@ -92,7 +92,10 @@ def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | N
             metrics = _analysis(node, cfg, store, work)
         else:
             init = store.fetch(node.parent, work / "init") / "model.pt" if node.parent else None
-            metrics, history = (backend or in_process_backend(report))(node, cfg, init, work / "out")
+            # Compiling a Tracr program is not training: it never needs Ray Train's workers.
+            compiles = node.kind == "pretrain" and cfg.tracr is not None
+            run = in_process_backend(report) if compiles or backend is None else backend
+            metrics, history = run(node, cfg, init, work / "out")
             write_stage_outputs(work / "out", metrics, history)
             _curves_figure(history, node, work / "out")
         store.put(node.key, work / "out")
