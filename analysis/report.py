@@ -91,7 +91,7 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
                 ft.reft_budgets[int(child.data.params["reft.budget"])] = child.data.metrics["pt_acc"]
             elif child.data.tags.get(STAGE_TAG) == "analysis":
                 for key in child.data.metrics:
-                    if key.startswith(("prune.", "probe.", "reft.", "evidence.", "verdict_")):
+                    if key.startswith(("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.")):
                         ft.analysis[key] = _history(client, child.info.run_id, key)
         out.append(ft)
     return sorted(out, key=lambda f: (PRIOR_ORDER.get(f.prior, 9), f.prior, f.lr, f.c_tr, f.seed))
@@ -252,6 +252,26 @@ def _steps_cell(group: list[FineTune]) -> str:
     return f"{mean:.0f} ± {ci:.0f} ({reached})" if len(steps) > 1 else f"{mean:.0f} ({reached})"
 
 
+def weights_tables(fts: list[FineTune], top: int = 8) -> list[str]:
+    """Per pretrained model: the parameters fine-tuning moved most, relative change per FT lr."""
+    prefix = "weights.change."
+    lines: list[str] = []
+    for prior, group in _grouped([f for f in fts if any(k.startswith(prefix) for k in f.analysis)],
+                                 lambda f: f.prior).items():
+        lrs = sorted({f.lr for f in group})
+        names = {k for f in group for k in f.analysis if k.startswith(prefix)}
+        mean = {n: mean_ci(_finals(group, n))[0] for n in names}
+        ranked = sorted(names, key=lambda n: -mean[n])[:top]
+        if not lines:
+            lines += ["", "## Where fine-tuning changed the weights (‖W_ft − W_pt‖ / ‖W_pt‖, mean ± CI over seeds)"]
+        lines += ["", f"{prior}: the {len(ranked)} most changed of {len(names)} parameter tensors", "",
+                  "| parameter | " + " | ".join(f"FT lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+        for n in ranked:
+            cells = [_cell(_finals([f for f in group if f.lr == lr], n)) for lr in lrs]
+            lines.append(f"| {n.removeprefix(prefix)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
     lines = [f"# Sweep {sweep_name}", "", f"{len(fts)} finished fine-tunes; mean ± 95 % CI over seeds. pt_acc / "
              "ft_acc: answer accuracy on the pretraining (count O_PT) / fine-tuning (count O_FT) task; C_Te=1: the "
@@ -278,6 +298,7 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
         for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
             cells = [_cell([f.reft_budgets[b] for f in group if b in f.reft_budgets]) for b in budgets]
             lines.append(f"| {prior} | {lr:g} | {c:g} | " + " | ".join(cells) + " |")
+    lines += weights_tables(fts)
     if "spurious" not in figures:
         lines += ["", "This sweep has a single C_Tr value, so there is no spurious-correlation figure "
                   "(sweep over `finetune.spurious_fraction` for it, e.g. `sweeps/spurious.yaml`)."]
