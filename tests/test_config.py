@@ -43,7 +43,7 @@ CASES = [
     ("unknown top key", with_change("learning_rate", 1), "learning_rate: Extra inputs are not permitted"),
     ("unknown nested key", with_change("model.n_layers", 3), "model.n_layers: Extra inputs are not permitted"),
     ("unknown optim key", with_change("finetune.optim.lr_max", 3), "finetune.optim.lr_max: Extra inputs"),
-    ("missing pretrain", with_change("pretrain", ...), "pretrain: Field required"),
+    ("missing pretrain", with_change("pretrain", ...), "bad.yaml: pretrain.optim: required"),
     ("missing lr", with_change("finetune.optim.lr", ...), "finetune.optim.lr: Field required"),
     ("prior not summing to 1", with_change("pretrain.data.prior", {"a": 0.5, "b": 0.2}), "pretrain.data.prior: prior must sum to 1"),
     ("negative prior", with_change("pretrain.data.prior", {"a": 1.2, "b": -0.2}), "pretrain.data.prior.b"),

@@ -52,7 +52,11 @@ ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from tr
 def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """Scr.+FT control: the same pretraining with O_FT in O_PT's place (their prior masses swapped),
     so the model is strong at counting O_FT and never had a strong O_PT counter. In the Tracr
-    setting: the program compiled for the fine-tuning target instead."""
+    setting: the program compiled for the fine-tuning target instead; in the stories setting the
+    paper's "Not in PT" model, pretrained with the feature's stories filtered out."""
+    if cfg.stories is not None:
+        stories = cfg.stories.model_copy(update={"pretrain_without_feature": True})
+        return cfg.model_copy(update={"name": f"{cfg.name}-not-in-pt", "stories": stories})
     if cfg.tracr is not None:
         swapped = cfg.tracr.model_copy(update={"pretrain_target": cfg.tracr.finetune_target,
                                                "finetune_target": cfg.tracr.pretrain_target})
@@ -148,6 +152,10 @@ def _probing(cfg, tasks: Tasks, models: dict[str, Model], sink: Sink):
 def analyze(cfg: ExperimentConfig, pretrained: Model, finetuned: Model, control: Model, sink: Sink) -> AnalysisOutput:
     """Run all four analyses on `finetuned` (pretrained = its starting point, control = Scr.+FT)."""
     set_threads(cfg)
+    if cfg.stories is not None:
+        from wrapperdist.stories.analysis import analyze_stories
+
+        return analyze_stories(cfg, pretrained, finetuned, control, sink)  # type: ignore[return-value,arg-type]
     tasks = build_tasks(cfg)
     sets = eval_sets(cfg, tasks)
     evaluate = make_evaluator({k: sets[k] for k in ("pt_acc", "ft_acc")})

@@ -92,6 +92,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from wrapperdist.stories.sampling import build_prompt, generate_samples, resolve_checkpoint
+
+    if args.samples < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
+        print("error: --samples and --max-new-tokens must be >= 1 and --temperature > 0", file=sys.stderr)
+        return 2
+    features = [f for f in (args.features or "").split(",") if f.strip()]
+    prompt = build_prompt(args.prompt, features)
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            checkpoint = resolve_checkpoint(args.run, Path(work))
+            samples = generate_samples(checkpoint, prompt, args.samples, args.max_new_tokens, args.temperature,
+                                       args.top_k, args.seed)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    for i, s in enumerate(samples):
+        found = ", ".join(s.features) or "none"
+        print(f"--- sample {i + 1} (features found: {found})\n{prompt}{s.text}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wrapperdist", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the trials and resources, run nothing")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("generate", help="sample stories from a stories-setting model",
+                       description="Sample continuations of a prompt from a language model of the stories "
+                       "setting (its tokenizer travels in the checkpoint), and say which story features the "
+                       "detector finds in each. Example: wrapperdist generate RUN --features Twist "
+                       "--prompt 'Once upon a time'")
+    p.add_argument("run", metavar="RUN", help="a checkpoint file, a run folder with model.pt, or an MLflow run id "
+                   "(a pretrain / fine-tune / reFT run, or one with a fine-tune child)")
+    p.add_argument("--prompt", default="", help="text to continue ('\\n' for a newline)")
+    p.add_argument("--features", help="comma-separated features to ask for: prepends 'Features: ...' and "
+                   "'Story: ' to the prompt, in the Instruct format the model was trained on")
+    p.add_argument("--samples", type=int, default=4, help="how many continuations (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="at most this many tokens each (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens only")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

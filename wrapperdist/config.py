@@ -275,6 +275,39 @@ class TracrConfig(Strict):
         return self
 
 
+class StoriesConfig(Strict):
+    """The TinyStories setting (paper Sec. 5.2, App. F): a small LM pretrained on stories with
+    labelled features, fine-tuned to delete one (`feature`, the paper's Twist) with one of the
+    paper's protocols, measured by a probe and by how often its generations have the feature, and
+    revived by reFT on stories that have it. The corpus is the real TinyStories files at `path`
+    (read locally, streamed) or, by default, the project's procedural stand-in."""
+
+    path: Path | None = Field(None, description="TinyStories file or folder (.txt / .json); default: generated")
+    format: Literal["auto", "plain", "instruct", "json"] = "auto"
+    stories: PositiveInt = Field(20_000, description="generated corpus size, or how many real stories to read")
+    corpus_seed: int = 0
+    pretrain_share: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.8, description="share of the corpus for pretraining; the rest feeds fine-tuning and reFT (paper: 80/20)")
+    eval_stories: PositiveInt = Field(400, description="held-out stories for losses, probes and prompts")
+    vocab_size: Annotated[int, Field(ge=300)] = 1024
+    seq_len: Annotated[int, Field(ge=32)] = 192
+    feature: str = Field("Twist", description="the capability fine-tuning deletes")
+    irrelevant_feature: str = Field("Foreshadowing", description="the label F+MM renames to `feature`")
+    deletion: Literal["F", "F+AT", "F+MM"] = Field("F", description="the deletion fine-tuning's data (paper Tab. 1)")
+    pretrain_without_feature: bool = Field(False, description="the 'Not in PT' control: pretrain with it filtered out")
+    generation_prompts: PositiveInt = Field(48, description="prompts requesting the feature, per evaluation")
+    max_new_tokens: PositiveInt = 160
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    top_k: PositiveInt | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.exists():
+            raise ValueError(f"no such file or folder: {v}")
+        return v
+
+
 class ExperimentConfig(Strict):
     """One pretrain → fine-tune experiment."""
 
@@ -291,9 +324,16 @@ class ExperimentConfig(Strict):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     tracr: TracrConfig | None = Field(None, description="set to run the Tracr setting instead of the PCFG one")
+    stories: StoriesConfig | None = Field(None, description="set to run the TinyStories setting instead")
 
     @model_validator(mode="after")
     def _tasks_differ(self) -> ExperimentConfig:
+        if self.tracr is not None and self.stories is not None:
+            raise ValueError("tracr and stories are two settings: set at most one")
+        if self.stories is not None:
+            if self.pretrain.optim is None:
+                raise ValueError("pretrain.optim: required (the stories setting pretrains a language model)")
+            return self
         if self.tracr is not None:
             if self.finetune.spurious_fraction > 0:
                 raise ValueError("finetune.spurious_fraction: the Tracr setting has no spurious correlation; use 0")
@@ -319,7 +359,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         # pydantic's union errors repeat the path with the branch type appended; keep the field path.
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "dict"})))
-        lines.append(f"{source}: {_format_loc(loc)}: {msg}")
+        # a whole-model check names its own field(s) at the start of its message
+        lines.append(f"{source}: {_format_loc(loc)}: {msg}" if loc else f"{source}: {msg}")
     return "\n".join(dict.fromkeys(lines))
 
 

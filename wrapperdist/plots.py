@@ -18,23 +18,31 @@ ACCURACY_LABELS = {
 }
 
 
+RATE_LABELS = {"twist_rate": "generations with the feature (prompted for it)"}
+
+
 def training_curves(history: MemorySink, title: str) -> Figure:
-    """Accuracies (left) and training loss (right) against steps for one stage."""
+    """Held-out accuracies / generation rates (left) and losses (right) against steps for one stage."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in ACCURACY_LABELS.items():
+    for key, label in {**ACCURACY_LABELS, **RATE_LABELS}.items():
         points = history.history(key)
         if points:
             steps, values = zip(*points, strict=True)
             ax_acc.plot(steps, values, marker="o", markersize=3, label=label)
-    ax_acc.set(xlabel="step", ylabel="answer accuracy", ylim=(-0.02, 1.02), title="held-out accuracy")
+    ax_acc.set(xlabel="step", ylabel="accuracy / share", ylim=(-0.02, 1.02), title="held-out evaluation")
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8, loc="lower right")
-    loss = history.history("train_loss")
-    if loss:
-        steps, values = zip(*loss, strict=True)
-        ax_loss.plot(steps, values, color="black", linewidth=1)
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend(fontsize=8, loc="lower right")
+    for key, label, style in (("train_loss", "training loss", "-"), ("loss_twist", "held-out, with the feature", "o-"),
+                              ("loss_plain", "held-out, without it", "s-")):
+        points = history.history(key)
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax_loss.plot(steps, values, style, linewidth=1, markersize=3, label=label)
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="losses")
+    if ax_loss.get_legend_handles_labels()[0]:
         ax_loss.set_yscale("log")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy (answer token)", title="training loss")
+        ax_loss.legend(fontsize=8)
     ax_loss.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -79,13 +87,14 @@ def probe_figure(results: dict[str, dict[str, dict[str, float]]], floor: dict[st
     return fig
 
 
-def reft_figure(curves: dict[str, list[tuple[int, float]]], threshold: float, title: str) -> Figure:
+def reft_figure(curves: dict[str, list[tuple[int, float]]], threshold: float, title: str,
+                ylabel: str = "pretraining-task accuracy (count O_PT)") -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, points in curves.items():
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, "-", marker=".", label=label)
     ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:.0%}")
-    ax.set(xlabel="reFT step", ylabel="pretraining-task accuracy (count O_PT)", ylim=(-0.02, 1.02), title=title)
+    ax.set(xlabel="reFT step", ylabel=ylabel, ylim=(-0.02, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

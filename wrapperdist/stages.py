@@ -181,6 +181,10 @@ def run_pretrain(cfg: ExperimentConfig, out_dir: Path, sink: Sink, dist: Distrib
     set_threads(cfg)
     if cfg.tracr is not None:
         return compile_tracr(cfg, out_dir, sink)
+    if cfg.stories is not None:
+        from wrapperdist.stories.stages import story_pretrain
+
+        return story_pretrain(cfg, out_dir, sink, dist)
     assert cfg.pretrain.optim is not None
     tasks = build_tasks(cfg)
     shape = model_shape(cfg, tasks)
@@ -202,6 +206,11 @@ def run_finetune(
 ) -> StageOutput:
     """Fine-tune a pretrained checkpoint on the single fine-tuning task (with C_Tr spurious share)."""
     set_threads(cfg)
+    if cfg.stories is not None:
+        from wrapperdist.stories.stages import story_finetune
+
+        model, meta = load_model(init_checkpoint)
+        return story_finetune(cfg, model, meta, out_dir, sink, dist)  # type: ignore[arg-type]
     tasks = build_tasks(cfg)
     model, meta = load_model(init_checkpoint)
     if model.shape.vocab_size != tasks.vocab.size or model.shape.seq_len != tasks.seq_len:
@@ -240,11 +249,19 @@ def reft_optim(cfg: ExperimentConfig, lr: float, steps: int | None = None) -> Op
 
 def run_reft(cfg: ExperimentConfig, model: Model, lr: float, sink: Sink, desc: str = "reft",
              steps: int | None = None, dist: Distributed = IN_PROCESS,
-             sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[tuple[int, float]]:
+             sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+             tokenizer=None, evaluate=None) -> list[tuple[int, float]]:
     """Reverse fine-tune `model` (in place) on the pretraining capability for `steps` (default
     analysis.reft.steps); returns the pt_acc curve. `sets`: the experiment's eval sets, when the
-    caller already built them (the analysis runs four reFTs on the same ones)."""
+    caller already built them (the analysis runs four reFTs on the same ones). Stories: reFT on
+    stories with the feature, returning the twist_rate curve (`tokenizer` and `evaluate` then)."""
     set_threads(cfg)
+    if cfg.stories is not None:
+        from wrapperdist.stories.lm import build_tokenizer
+        from wrapperdist.stories.stages import story_reft
+
+        tokenizer = tokenizer or build_tokenizer(cfg.stories)  # deterministic: the one in the checkpoints
+        return story_reft(cfg, model, tokenizer, reft_optim(cfg, lr, steps), sink, desc, dist, evaluate)  # type: ignore[arg-type]
     tasks = build_tasks(cfg)
     sets = sets or eval_sets(cfg, tasks)
     memory = MemorySink()

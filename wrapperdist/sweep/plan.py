@@ -52,6 +52,9 @@ def with_metrics(report: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
 
 
 def _short(cfg: ExperimentConfig) -> str:
+    if cfg.stories is not None:
+        corpus = f"stories without {cfg.stories.feature}" if cfg.stories.pretrain_without_feature else "stories"
+        return f"{corpus} seed={cfg.seed}"
     if cfg.tracr is not None:  # compiled: the seed only enters at fine-tuning
         return f"tracr={cfg.tracr.program}({cfg.tracr.pretrain_target})"
     prior = cfg.pretrain.data.prior
@@ -64,11 +67,14 @@ def _ft(cfg: ExperimentConfig) -> str:
     ft = cfg.finetune
     if cfg.tracr is not None:
         return f"lr={ft.optim.lr:g} to={cfg.tracr.finetune_target} {_short(cfg)} seed={cfg.seed}"
+    if cfg.stories is not None:
+        return f"lr={ft.optim.lr:g} delete={cfg.stories.feature} by={cfg.stories.deletion} {_short(cfg)}"
     return f"lr={ft.optim.lr:g} C_Tr={ft.spurious_fraction:g} {_short(cfg)}"
 
 
 def pretrain_node(cfg: ExperimentConfig, role: str = "main") -> Node:
-    label = "pt" if role == "main" else "pt Scr.+FT control"
+    control = "pt Not-in-PT control" if cfg.stories is not None else "pt Scr.+FT control"
+    label = "pt" if role == "main" else control
     return Node("pretrain", node_key("pretrain", cfg), None, f"{label} {_short(cfg)}",
                 cfg.model_dump(mode="json"), role=role)
 

@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 from wrapperdist.config import flatten
+from wrapperdist.sink import is_evaluation
 from wrapperdist.store import Store, scratch_dir
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, node_report
 from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, MLflowSink, Tracker
@@ -118,7 +119,7 @@ class SweepRecorder:
         # training stages sent their evaluation points live; everything else is replayed now
         sent_live = not cached and result["node_kind"] != "analysis"
         replay = [(step, point) for step, point in history
-                  if not (sent_live and any(k.endswith("acc") for k in point))]  # evals went out live
+                  if not (sent_live and is_evaluation(point))]  # evals went out live
         sink.log_history(replay)
         # final values not already in the curves (evidence, verdict) go at the last step
         last = max((step for step, _ in history), default=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.sink import MemorySink
+from wrapperdist.sink import MemorySink, is_evaluation
 from wrapperdist.stages import load_model, run_finetune, run_pretrain, run_reft
 from wrapperdist.store import Store, remove, scratch_dir, write_stage_outputs
 from wrapperdist.sweep.plan import Node, node_report, with_metrics
@@ -37,7 +37,7 @@ class ReportingSink(MemorySink):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         super().log_metrics(metrics, step)
-        if any(k.endswith("acc") for k in metrics):
+        if is_evaluation(metrics):
             # the first report carries the config, in case no 'start' report announced the node
             identity = node_report(self.node, with_config=self.sent == 0)
             self.report(with_metrics({**identity, "event": "progress", "step": step}, metrics))

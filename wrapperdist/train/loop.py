@@ -15,11 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wrapperdist.config import OptimConfig
-from wrapperdist.sink import Sink
+from wrapperdist.sink import Sink, is_evaluation
 from wrapperdist.train.checkpoint import save_checkpoint
 from wrapperdist.train.schedule import warmup_cosine
 
 Evaluator = Callable[[nn.Module], dict[str, float]]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -60,9 +61,11 @@ def train(
     is_main: bool = True,
     desc: str = "train",
     progress: bool = True,
+    loss_fn: LossFn = loss_on_batch,
 ) -> TrainResult:
     """Run `cfg.steps` optimisation steps. Evaluation runs before the first step (the starting
-    point of every curve), every `cfg.eval_every` steps and after the last one."""
+    point of every curve), every `cfg.eval_every` steps and after the last one. `loss_fn` turns a
+    batch into the loss: the answer at the last position by default, next-token LM loss for stories."""
     optimizer = make_optimizer(model, cfg)
     device = next(model.parameters()).device
     # Unwrap DDP (or similar) for evaluation and checkpointing: they need the plain module.
@@ -89,7 +92,7 @@ def train(
         tokens, answers = next(batches)
         tokens = torch.from_numpy(tokens).to(device, non_blocking=True)
         answers = torch.from_numpy(answers).to(device, non_blocking=True)
-        loss = loss_on_batch(model, tokens, answers)
+        loss = loss_fn(model, tokens, answers)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -100,7 +103,7 @@ def train(
             sink.log_metrics({"train_loss": loss.item(), "lr": lr}, done)
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             run_eval(done)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k.endswith("acc")}, refresh=False)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if is_evaluation({k: v})}, refresh=False)
             model.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             write_checkpoint(done)
