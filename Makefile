@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Installed once per change of pyproject.toml (torch is pinned to the CPU build on disk there).
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo tracr test lint bench clean
+.PHONY: install demo tracr stories test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ tracr: install
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 	$(BIN)/wrapperdist sweep sweeps/tracr_max.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+
+## The TinyStories setting: deleting "Twist" from a small LM with the paper's three protocols, analysed
+## and revived (offline procedural corpus; set stories.path for the real files).
+stories: install
+	$(BIN)/wrapperdist sweep sweeps/tinystories_twist.yaml
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).
 test: install

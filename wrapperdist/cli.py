@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files to check")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("pretrain", help="pretrain a model on the PCFG task mixture",
-                       description="Pretrain from scratch on the task mixture under the sampling prior. "
-                       "Records one MLflow parent run with a 'pretrain' child (params, curves, checkpoint).")
+    p = sub.add_parser("pretrain", help="pretrain a model (PCFG mixture, stories LM) or compile a Tracr program",
+                       description="Pretrain from scratch: on the PCFG task mixture under the sampling prior, on "
+                       "the story corpus (config section 'stories'), or compile the RASP program (section "
+                       "'tracr'). Records one MLflow parent run with a 'pretrain' child (params, curves, "
+                       "checkpoint).")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda a: _run(a, ("pretrain",)))
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on the fine-tuning task",
                        description="Fine-tune a pretrained model on the config's finetune.task, with its "
                        "spurious-correlation share C_Tr, tracking both the fine-tuning and the pretraining "
-                       "task's accuracy.")
+                       "task's accuracy (Tracr: toward tracr.finetune_target; stories: the deletion protocol).")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     p.add_argument("--from", dest="init_from", metavar="RUN_OR_PATH",
                    help="a checkpoint file, or an MLflow run id (a pretrain run, or an invocation with one); "
