@@ -148,7 +148,7 @@ def test_generator_labels_are_ground_truth():
         assert abs(counts[feature] / n - rate) < 4 * np.sqrt(rate * (1 - rate) / n), feature
     assert list(generate(20, seed=11)) == records[:20] and list(generate(20, seed=12)) != records[:20]
     prompt = prompt_text(records[0])
-    assert prompt.endswith("Story: ") and to_text(records[0]) == prompt + records[0].story
+    assert prompt.endswith("Story:") and to_text(records[0]) == prompt + " " + records[0].story
 
 
 def test_tokenizer_trains_offline_and_round_trips(tmp_path):

@@ -50,10 +50,12 @@ def instruction_lines(record: StoryRecord) -> list[str]:
 
 
 def prompt_text(record: StoryRecord) -> str:
-    """The instructions up to and including 'Story: ' — what a model is prompted with."""
-    return "\n".join([*instruction_lines(record), "Story: "])
+    """The instructions up to and including 'Story:' — what a model is prompted with. No trailing
+    space: a byte-level BPE attaches the space to the story's first word (' Once'), so a prompt
+    ending in a space would start the story off the training distribution."""
+    return "\n".join([*instruction_lines(record), "Story:"])
 
 
 def to_text(record: StoryRecord) -> str:
     """The Instruct-format training text: the instruction lines, then the story."""
-    return prompt_text(record) + record.story
+    return prompt_text(record) + " " + record.story

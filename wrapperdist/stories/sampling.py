@@ -21,10 +21,11 @@ class Sample:
 
 def build_prompt(prompt: str, features: list[str] | None = None) -> str:
     """`prompt` as given (escaped newlines '\\n' become newlines); with `features`, the Instruct
-    prefix 'Features: …\\nStory: ' goes first, so the prompt is the story's opening."""
+    prefix 'Features: …\\nStory:' goes first, so the prompt is the story's opening."""
     text = prompt.replace("\\n", "\n")
-    if features:
-        text = "Features: " + ", ".join(normalize_feature(f) for f in features) + "\nStory: " + text
+    if features:  # "Story:" then the opening with its leading space, as in the training text
+        story = " " + text if text else ""
+        text = "Features: " + ", ".join(normalize_feature(f) for f in features) + "\nStory:" + story
     return text
 
 
