@@ -11,6 +11,7 @@ from wrapperdist.config import ExperimentConfig
 from wrapperdist.models import GPT
 from wrapperdist.stories.lm import IGNORE, build_corpus, build_tokenizer, encode, lm_loss, protocol_records, sample
 from wrapperdist.stories.records import to_text
+from wrapperdist.stories.stages import story_shape
 from wrapperdist.stories.tokenizer import BOS, EOS, PAD, special_id
 
 STORIES = {
@@ -36,7 +37,7 @@ def test_encoding_loss_and_sampling():
     assert (tokens[:, 0] == bos).all()
     n = int((tokens[0] != pad).sum())
     assert (targets[0, : n - 1] == tokens[0, 1:n]).all() and targets[0, n:].tolist() == [IGNORE] * (128 - n)
-    model = GPT(__import__("wrapperdist.stories.stages", fromlist=["x"]).story_shape(cfg, tok))
+    model = GPT(story_shape(cfg, tok))
     loss = lm_loss(model, torch.from_numpy(tokens), torch.from_numpy(targets))
     assert abs(loss.item() - np.log(tok.get_vocab_size())) < 0.5  # an untrained model is near uniform
     outs = sample(model, [[bos, 5, 6], [bos, 7, 8], [bos]], max_new_tokens=12, eos_id=eos, seed=1)

@@ -139,6 +139,7 @@ def analyze_stories(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, cont
     figures["weights"] = weight_change_figure(changes, f"where deletion fine-tuning changed the weights ({cfg.name})")
 
     # reFT on stories with the feature: the fine-tuned model vs the control that never had it
+    from wrapperdist.analyze import weight_change_section
     from wrapperdist.stages import random_like, run_reft
 
     target = a.verdict.reft_threshold * rates["pretrained"]["twist_rate"]
@@ -173,7 +174,7 @@ def analyze_stories(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, cont
     )
     verdict = judge_stories(evidence, a.verdict.probe_margin, a.verdict.reft_speedup)
     top_units = mlp_unit_change(pretrained, finetuned)[:8]
-    report = render(cfg, evidence, verdict, rates, curves, probes, majority, changes, top_units)
+    report = render(cfg, evidence, verdict, rates, curves, probes, majority) + weight_change_section(changes, top_units)
     finals = [curve[-1][1] for curve in curves.values()]
     output = StoriesAnalysisOutput(evidence, verdict, report, figures, {"finetuned": finals[0], "control": finals[1]})
     sink.log_metrics(output.summary_metrics(), 0)
@@ -204,8 +205,7 @@ def judge_stories(e: StoriesEvidence, probe_margin: float, reft_speedup: float) 
     return StoriesVerdict(label, deleted, probe, faster, speedup)
 
 
-def render(cfg: ExperimentConfig, e: StoriesEvidence, v: StoriesVerdict, rates, curves, probes, majority, changes,
-           top_units) -> str:
+def render(cfg: ExperimentConfig, e: StoriesEvidence, v: StoriesVerdict, rates, curves, probes, majority) -> str:
     s = cfg.stories
     assert s is not None
     never = "not reached"
@@ -230,9 +230,5 @@ def render(cfg: ExperimentConfig, e: StoriesEvidence, v: StoriesVerdict, rates, 
         "| model | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers),
         *(f"| {name} | " + " | ".join(f"{x:.3f}" for x in per.values()) + " |" for name, per in probes.items()),
         "", f"Majority class: {majority:.3f}.", "",
-        "## Where fine-tuning changed the weights", "",
-        "| parameter | relative change |", "|---|---|",
-        *(f"| {n} | {x:.4f} |" for n, x in sorted(changes.items(), key=lambda kv: -kv[1])[:8]),
-        "", "MLP units that moved most: " + ", ".join(f"{layer}.{unit}: {x:.3f}" for layer, unit, x in top_units), "",
     ]
     return "\n".join(lines)

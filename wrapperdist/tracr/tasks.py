@@ -64,7 +64,7 @@ class TracrVocab:
         return 0
 
     def decode(self, token_id: int) -> str:
-        return {i: t for t, i in self.token_ids.items()}[token_id]
+        return next(t for t, i in self.token_ids.items() if i == token_id)
 
 
 def tracr_vocab(program: str, tokens: Sequence[str], max_len: int) -> TracrVocab:
