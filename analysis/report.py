@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +58,12 @@ class FineTune:
         return self.prior, self.lr, self.c_tr
 
 
-def _prior(params: dict[str, str]) -> str:
-    """The row label of a pretrained model: its sampling prior (PCFG) or its compiled program (Tracr)."""
-    if "tracr.program" in params:
-        return f"tracr {params['tracr.program']}({params['tracr.pretrain_target']})"
-    if "pretrain.data.prior" in params:
-        return params["pretrain.data.prior"]
-    return "(" + ",".join(params.get(f"pretrain.data.prior.{t}", "0") for t in "abc") + ")"
+def _pretrained_as(pretrain_run_name: str) -> str:
+    """The row label of a pretrained model, from its run's name (`pt <the setting's pretraining
+    condition>`, e.g. `pt prior=medium seed=0`, `pt tracr=counter(a)`), less the seed: seeds are
+    the replicates a row averages over."""
+    label = re.sub(r"\s*seed=\S+", "", pretrain_run_name.removeprefix("pt ")).strip()
+    return label.removeprefix("prior=")
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -76,13 +76,15 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
     by_parent: dict[str, list] = defaultdict(list)
     for r in runs:
         by_parent[r.data.tags.get(PARENT_TAG, "")].append(r)
+    names = {r.info.run_id: r.info.run_name for r in runs}
     out = []
     for r in runs:
         if r.data.tags.get(STAGE_TAG) != "finetune" or r.info.status != "FINISHED":
             continue
         p = r.data.params
-        ft = FineTune(r.info.run_id, _prior(p), float(p["finetune.optim.lr"]),
-                      float(p["finetune.spurious_fraction"]), int(p["seed"]), dict(r.data.metrics),
+        pretrained = _pretrained_as(names.get(r.data.tags.get(PARENT_TAG, ""), ""))
+        ft = FineTune(r.info.run_id, pretrained, float(p["finetune.optim.lr"]),
+                      float(p.get("setting.spurious_fraction", 0.0)), int(p["seed"]), dict(r.data.metrics),
                       _history(client, r.info.run_id, "pt_acc")[0][1])
         for child in by_parent[r.info.run_id]:
             if child.info.status != "FINISHED":
@@ -301,7 +303,7 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
     lines += weights_tables(fts)
     if "spurious" not in figures:
         lines += ["", "This sweep has a single C_Tr value, so there is no spurious-correlation figure "
-                  "(sweep over `finetune.spurious_fraction` for it, e.g. `sweeps/spurious.yaml`)."]
+                  "(sweep over `setting.spurious_fraction` for it, e.g. `sweeps/spurious.yaml`)."]
     lines += ["", "Figures: " + ", ".join(f"[{name}]({name}.png)" for name in figures)]
     return "\n".join(lines) + "\n"
 

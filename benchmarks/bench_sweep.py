@@ -24,8 +24,8 @@ from wrapperdist.sweep.plan import make_plan
 from wrapperdist.sweep.spec import load_sweep
 
 EXPERIMENT = {
-    "name": "bench", "seed": 0, "progress": False,
-    "grammar": {"min_len": 8, "max_len": 24, "index_k": 3},
+    "name": "bench", "seed": 0,
+    "setting": {"name": "pcfg", "grammar": {"min_len": 8, "max_len": 24, "index_k": 3}},
     "model": {"n_layer": 3, "n_head": 4, "d_model": 64},
     "pretrain": {"optim": {"lr": 3e-3, "steps": 200, "batch_size": 128, "eval_every": 100}},
     "finetune": {"optim": {"lr": 3e-4, "steps": 400, "batch_size": 96, "eval_every": 100}},
@@ -53,7 +53,7 @@ def utilisation(folder: Path, trials: int, steps: int) -> None:
     stage_runs = [r for r in runs if r.data.tags.get("wrapperdist.stage") in ("pretrain", "finetune")]
     # a trial's compute is its wall time × its torch threads (a phase with fewer nodes than slots
     # gives its trials more threads)
-    compute = sum((r.info.end_time - r.info.start_time) / 1000 * int(r.data.params.get("torch_threads", 1))
+    compute = sum((r.info.end_time - r.info.start_time) / 1000 * int(r.data.params.get("runtime.threads", 1))
                   for r in stage_runs)
     print(f"1. sweep utilisation: {len(stage_runs)} trials (1 pretrain + {trials} fine-tunes of {steps} steps), "
           f"up to 2 concurrent trials on 2 CPUs")
@@ -63,6 +63,8 @@ def utilisation(folder: Path, trials: int, steps: int) -> None:
 
 def train_throughput(folder: Path, steps: int) -> None:
     from wrapperdist.config import ExperimentConfig
+    from wrapperdist.setting import Runtime
+    from wrapperdist.settings.registry import setting_for
     from wrapperdist.sink import MemorySink
     from wrapperdist.stages import run_pretrain
     from wrapperdist.sweep.plan import pretrain_node
@@ -70,10 +72,11 @@ def train_throughput(folder: Path, steps: int) -> None:
 
     experiment = {**EXPERIMENT, "pretrain": {"optim": {**EXPERIMENT["pretrain"]["optim"], "steps": steps,
                                                        "eval_every": 0}}}
-    cfg = ExperimentConfig.model_validate({**experiment, "torch_threads": 2})
-    tokens = steps * cfg.pretrain.optim.batch_size * (cfg.grammar.max_len + 4)
+    cfg = ExperimentConfig.model_validate(experiment)
+    setting = setting_for(cfg)
+    tokens = steps * cfg.pretrain.optim.batch_size * setting.build_model(cfg).shape.seq_len
     start = time.perf_counter()
-    run_pretrain(cfg, folder / "inproc", MemorySink())
+    run_pretrain(setting, cfg, folder / "inproc", MemorySink(), Runtime(threads=2, progress=False))
     inproc = tokens / (time.perf_counter() - start)
     import ray
 
@@ -82,7 +85,7 @@ def train_throughput(folder: Path, steps: int) -> None:
         backend = ray_train_backend(lambda _: None, workers=2, use_gpu=False, storage_path=str(folder / "train"),
                                     run_name="bench")
         start = time.perf_counter()
-        backend(pretrain_node(cfg), cfg, None, folder / "ddp")
+        backend(pretrain_node(cfg), None, folder / "ddp")
         ddp_total = time.perf_counter() - start
     finally:
         ray.shutdown()
@@ -93,7 +96,7 @@ def train_throughput(folder: Path, steps: int) -> None:
 
 
 def pretrain_count(folder: Path) -> None:
-    spec = {"name": "count", "grid": {"pretrain.data.prior": ["low", "medium", "high"],
+    spec = {"name": "count", "grid": {"setting.prior": ["low", "medium", "high"],
                                       "finetune.optim.lr": [1e-3, 3e-4, 1e-4]}}
     for analyze in (False, True):
         plan = make_plan(load_sweep(write(folder, {**spec, "analyze": analyze}, EXPERIMENT)))

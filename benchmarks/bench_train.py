@@ -14,9 +14,9 @@ import time
 import torch
 from common import cpu_config
 
-from wrapperdist.models import GPT
+from wrapperdist.setting import Runtime, default_threads
+from wrapperdist.settings.registry import setting_for
 from wrapperdist.sink import MemorySink
-from wrapperdist.stages import build_tasks, model_shape, pretrain_batches, set_threads
 from wrapperdist.train import loss_on_batch, make_optimizer, train
 
 
@@ -37,16 +37,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     cfg = cpu_config(args.config)
-    threads = set_threads(cfg)
-    tasks = build_tasks(cfg)
+    Runtime().apply()
+    threads = default_threads()
+    setting = setting_for(cfg)
     optim_cfg = cfg.pretrain.optim.model_copy(update={"steps": args.steps, "eval_every": 0, "log_every": 10})
-    tokens_per_step = optim_cfg.batch_size * tasks.seq_len
-    stream = pretrain_batches(cfg, tasks)
+    tokens_per_step = optim_cfg.batch_size * setting.build_model(cfg).shape.seq_len
+    stream = setting.batches(cfg, "pretrain", optim_cfg.batch_size)
     pregenerated = [tuple(torch.from_numpy(x) for x in next(stream)) for _ in range(args.steps)]
 
     def timed(fn) -> float:
         torch.manual_seed(0)
-        model = GPT(model_shape(cfg, tasks))
+        model = setting.build_model(cfg)
         start = time.perf_counter()
         fn(model)
         return args.steps * tokens_per_step / (time.perf_counter() - start)
@@ -54,7 +55,8 @@ def main() -> None:
     bare, project = [], []
     for _ in range(args.rounds):
         bare.append(timed(lambda m: bare_loop(m, pregenerated, optim_cfg)))
-        project.append(timed(lambda m: train(m, pretrain_batches(cfg, tasks), optim_cfg, MemorySink(),
+        project.append(timed(lambda m: train(m, setting.batches(cfg, "pretrain", optim_cfg.batch_size), optim_cfg,
+                                             MemorySink(),
                                              progress=False)))
     b, p = statistics.median(bare), statistics.median(project)
     print(f"config: {cfg.name}  torch threads: {threads}  steps/round: {args.steps}  rounds: {args.rounds}  "

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from wrapperdist.data import TERMINALS, Family, PCFGTasks, TaskSpec, Vocab, labels, make_grammar, sample_strings
-from wrapperdist.data.grammar import EMPTY, derives
-from wrapperdist.data.tasks import NO_ANSWER
+from wrapperdist.settings.pcfg.grammar import EMPTY, derives, make_grammar, sample_strings
+from wrapperdist.settings.pcfg.names import Family
+from wrapperdist.settings.pcfg.sampler import PCFGTasks, TaskSpec
+from wrapperdist.settings.pcfg.tasks import NO_ANSWER, Vocab, labels
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,3 @@ def test_determinism_under_seed(tasks):
     g2 = make_grammar(1, 4, 4, 3, (1, 3), (1, 2))
     assert (g1.rhs == g2.rhs).all() and (g1.cum_prob == g2.cum_prob).all()
 
-
-def test_terminal_names():
-    assert TERMINALS == ("a", "b", "c")

@@ -36,7 +36,7 @@ def runs_of(tmp_path, experiment="raytest"):
 
 
 def test_kill_and_resume(tmp_path):
-    spec = {"grid": {"finetune.optim.lr": [1e-3, 3e-4], "finetune.spurious_fraction": [0.0, 0.5]},
+    spec = {"grid": {"finetune.optim.lr": [1e-3, 3e-4], "setting.spurious_fraction": [0.0, 0.5]},
             "analyze": False, "revival_budgets": [30], "resources": {"cpus": 2, "cpus_per_trial": 1}}
     path, env = setup_sweep(tmp_path, spec, {"finetune": {**TINY["finetune"], "optim": {
         **TINY["finetune"]["optim"], "steps": 400, "eval_every": 100}}})
@@ -84,11 +84,11 @@ def test_kill_and_resume(tmp_path):
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     # offset 40 can never hold on strings of at most 10 tokens: that fine-tune raises at run time
-    path, env = setup_sweep(tmp_path, {"analyze": False, "grid": {"finetune.spurious_offset": [1, 40]},
+    path, env = setup_sweep(tmp_path, {"analyze": False, "grid": {"setting.spurious_offset": [1, 40]},
                                        "resources": {"cpus": 2, "max_failures": 1}})
     done = subprocess.run([*WRAPPERDIST, "sweep", str(path)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # 1: finished, with failures
-    status = {r.data.params.get("finetune.spurious_offset"): r.info.status
+    status = {r.data.params.get("setting.spurious_offset"): r.info.status
               for r in runs_of(tmp_path) if r.data.tags["wrapperdist.stage"] == "finetune"}
     assert status == {"1": "FINISHED", "40": "FAILED"}
     failed = next(r for r in runs_of(tmp_path) if r.info.status == "FAILED")

@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from wrapperdist.stories import transforms as T
-from wrapperdist.stories.generator import CorpusSpec, detect_features, generate, write_instruct_file
-from wrapperdist.stories.loader import LoadStats, read_instruct, read_json_shard, read_plain, read_stories
-from wrapperdist.stories.records import normalize_feature, prompt_text, to_text
-from wrapperdist.stories.tokenizer import (
+from wrapperdist.settings.stories import transforms as T
+from wrapperdist.settings.stories.generator import CorpusSpec, detect_features, generate, write_instruct_file
+from wrapperdist.settings.stories.loader import LoadStats, read_instruct, read_json_shard, read_plain, read_stories
+from wrapperdist.settings.stories.records import normalize_feature, prompt_text, to_text
+from wrapperdist.settings.stories.tokenizer import (
     BOS,
     EOS,
     PAD,

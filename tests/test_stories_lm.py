@@ -8,17 +8,25 @@ import yaml
 
 from wrapperdist.cli import main
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.models import GPT
-from wrapperdist.stories.lm import IGNORE, build_corpus, build_tokenizer, encode, lm_loss, protocol_records, sample
-from wrapperdist.stories.records import to_text
-from wrapperdist.stories.stages import story_shape
-from wrapperdist.stories.tokenizer import BOS, EOS, PAD, special_id
+from wrapperdist.settings.registry import setting_for
+from wrapperdist.settings.stories.config import StoriesSection
+from wrapperdist.settings.stories.lm import (
+    IGNORE,
+    build_corpus,
+    build_tokenizer,
+    encode,
+    lm_loss,
+    protocol_records,
+    sample,
+)
+from wrapperdist.settings.stories.records import to_text
+from wrapperdist.settings.stories.tokenizer import BOS, EOS, PAD, special_id
 
 STORIES = {
-    "name": "tiny-stories", "seed": 0, "torch_threads": 1, "progress": False,
+    "name": "tiny-stories", "seed": 0,
     "model": {"n_layer": 1, "n_head": 2, "d_model": 32},
-    "stories": {"stories": 500, "eval_stories": 60, "vocab_size": 320, "seq_len": 128, "generation_prompts": 4,
-                "max_new_tokens": 24},
+    "setting": {"name": "stories", "stories": 500, "eval_stories": 60, "vocab_size": 320, "seq_len": 128,
+                "generation_prompts": 4, "max_new_tokens": 24},
     "pretrain": {"optim": {"lr": 3e-3, "steps": 30, "batch_size": 16, "eval_every": 15}},
     "finetune": {"optim": {"lr": 1e-3, "steps": 10, "batch_size": 16, "eval_every": 5}},
     "eval": {"samples": 32},
@@ -28,8 +36,9 @@ STORIES = {
 
 def test_encoding_loss_and_sampling():
     cfg = ExperimentConfig.model_validate(STORIES)
-    tok = build_tokenizer(cfg.stories)
-    corpus = build_corpus(cfg.stories)
+    stories = StoriesSection.of(cfg)
+    tok = build_tokenizer(stories)
+    corpus = build_corpus(stories)
     assert (len(corpus.pretrain), len(corpus.finetune), len(corpus.eval)) == (400, 100, 60)
     texts = [to_text(r) for r in corpus.eval[:8]]
     tokens, targets = encode(tok, texts, 128)
@@ -37,7 +46,8 @@ def test_encoding_loss_and_sampling():
     assert (tokens[:, 0] == bos).all()
     n = int((tokens[0] != pad).sum())
     assert (targets[0, : n - 1] == tokens[0, 1:n]).all() and targets[0, n:].tolist() == [IGNORE] * (128 - n)
-    model = GPT(story_shape(cfg, tok))
+    model = setting_for(cfg).build_model(cfg)
+    assert model.shape.vocab_size == tok.get_vocab_size()
     loss = lm_loss(model, torch.from_numpy(tokens), torch.from_numpy(targets))
     assert abs(loss.item() - np.log(tok.get_vocab_size())) < 0.5  # an untrained model is near uniform
     outs = sample(model, [[bos, 5, 6], [bos, 7, 8], [bos]], max_new_tokens=12, eos_id=eos, seed=1)
@@ -47,12 +57,13 @@ def test_encoding_loss_and_sampling():
 
 def test_protocol_data():
     cfg = ExperimentConfig.model_validate(STORIES)
-    corpus = build_corpus(cfg.stories)
-    assert not any(r.has("Twist") for r in protocol_records(cfg.stories, "finetune", corpus, 0))
-    assert all(r.has("Twist") for r in protocol_records(cfg.stories, "reft", corpus, 0))
-    control = cfg.stories.model_copy(update={"pretrain_without_feature": True})
+    stories = StoriesSection.of(cfg)
+    corpus = build_corpus(stories)
+    assert not any(r.has("Twist") for r in protocol_records(stories, "finetune", corpus, 0))
+    assert all(r.has("Twist") for r in protocol_records(stories, "reft", corpus, 0))
+    control = StoriesSection.of(setting_for(cfg).control_config(cfg))  # the Not-in-PT model's data
     assert not any(r.has("Twist") for r in protocol_records(control, "pretrain", corpus, 0))
-    assert any(r.has("Twist") for r in protocol_records(cfg.stories, "pretrain", corpus, 0))
+    assert any(r.has("Twist") for r in protocol_records(stories, "pretrain", corpus, 0))
 
 
 def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
@@ -62,7 +73,7 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**STORIES, "tracking": {"experiment": "st"}}))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "st", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"),
-        "grid": {"stories.deletion": ["F", "F+MM"]}, "revival_budgets": [5]}))
+        "grid": {"setting.deletion": ["F", "F+MM"]}, "revival_budgets": [5]}))
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--local"]) == 0
     runs = mlflow.search_runs(experiment_names=["st"], output_format="list")
     assert runs and all(r.info.status == "FINISHED" for r in runs)
@@ -76,7 +87,10 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
         assert {"loss_twist", "loss_plain", "twist_rate"} <= set(r.data.metrics)
     for r in stages["analysis"]:
         assert {"evidence.rate_pretrained", "evidence.probe_finetuned", "verdict_wrapper"} <= set(r.data.metrics)
-        assert r.data.tags["wrapperdist.verdict"] in ("wrapper", "not deleted", "capability changed", "mixed")
+        # the verdict tag is the one the logged evidence implies
+        deleted, wrapper = r.data.metrics["verdict_deleted"], r.data.metrics["verdict_wrapper"]
+        assert (r.data.tags["wrapperdist.verdict"] == "not deleted") == (deleted == 0.0)
+        assert (r.data.tags["wrapperdist.verdict"] == "wrapper") == (wrapper == 1.0)
     ft = stages["finetune"][0].info.run_id
     assert main(["generate", ft, "--features", "Twist", "--prompt", "Once upon a time", "--samples", "2",
                  "--max-new-tokens", "10", "--top-k", "20"]) == 0
@@ -88,11 +102,11 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
 def test_stories_config_errors(tmp_path):
     from wrapperdist.config import ConfigError, load_config
 
-    bad = {**STORIES, "stories": {**STORIES["stories"], "path": str(tmp_path / "missing")}}
+    bad = {**STORIES, "setting": {**STORIES["setting"], "path": str(tmp_path / "missing")}}
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match="stories.path: .*no such file"):
+    with pytest.raises(ConfigError, match="setting.path: .*no such file"):
         load_config(tmp_path / "a.yaml")
-    bad = {**STORIES, "stories": {**STORIES["stories"], "deletion": "X"}}
+    bad = {**STORIES, "setting": {**STORIES["setting"], "deletion": "X"}}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match="stories.deletion"):
+    with pytest.raises(ConfigError, match="setting.deletion"):
         load_config(tmp_path / "b.yaml")

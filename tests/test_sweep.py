@@ -1,6 +1,5 @@
 """Sweep specs, the stage DAG with reuse, and the in-process executor's MLflow tree."""
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -28,9 +27,11 @@ def write_sweep(tmp_path, spec: dict, experiment: dict | None = None) -> Path:
     ({"grid": {"finetune.optim.lr": [1e-3, -1.0]}},
      "grid.finetune.optim.lr=-1.0: finetune.optim.lr: Input should be greater than 0"),
     ({"grid": {"finetune.optim.lrate": [1e-3]}}, "finetune.optim.lrate: Extra inputs are not permitted"),
-    ({"grid": {"pretrain.data.prior": ["medium", "extreme"]}}, "grid.pretrain.data.prior='extreme'"),
+    ({"grid": {"setting.prior": ["medium", "extreme"]}}, "grid.setting.prior='extreme'"),
     ({"grid": {"seed": []}}, "grid axes without values"),
     ({"search": {"space": {"pretrain.optim.lr": {"loguniform": [1e-4, 1e-2]}}}}, "may not change pretraining"),
+    ({"search": {"space": {"setting.prior": {"choice": ["low", "high"]}}}},
+     "search.space.setting.prior: changes the pretrained model; put it in grid"),
     ({"search": {"space": {"finetune.optim.lr": {"loguniform": [1e-2, 1e-4]}}}}, "low (0.01) must be below high"),
     ({"search": {"space": {"finetune.optim.lr": {}}}}, "give exactly one of"),
     ({"revival_budgets": [0]}, "revival_budgets.0: Input should be greater than 0"),
@@ -47,13 +48,13 @@ def test_invalid_sweep_names_the_field(tmp_path, spec, expected):
 
 
 def test_grid_of_3_priors_by_3_lrs_runs_3_pretrains(tmp_path):
-    spec = {"grid": {"pretrain.data.prior": ["low", "medium", "high"], "finetune.optim.lr": [1e-3, 1e-4, 1e-5]},
+    spec = {"grid": {"setting.prior": ["low", "medium", "high"], "finetune.optim.lr": [1e-3, 1e-4, 1e-5]},
             "revival_budgets": [10, 20]}
     plan = make_plan(load_sweep(write_sweep(tmp_path, {**spec, "analyze": False})))
     assert plan.counts() == {"pretrain": 3, "finetune": 9, "downstream": 18}
     with_controls = make_plan(load_sweep(write_sweep(tmp_path, spec)))
     roles = sorted(n.role for n in with_controls.pretrain)
-    assert roles == ["main"] * 3 + ["scr_control"] * 3  # plus one Scr.+FT control per prior
+    assert roles == ["control"] * 3 + ["main"] * 3  # plus one Scr.+FT control per prior
     assert {n.parent for n in plan.finetune} == {n.key for n in plan.pretrain}
 
 
@@ -75,11 +76,11 @@ def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = {**TINY, "tracking": {"experiment": "test"}}
     # the second grid point cannot be sampled (the planted relation never holds): it fails at run time
-    path = write_sweep(tmp_path, {"grid": {"finetune.spurious_offset": [1, 40]}, "revival_budgets": [10],
+    path = write_sweep(tmp_path, {"grid": {"setting.spurious_offset": [1, 40]}, "revival_budgets": [10],
                                   "resources": {"max_failures": 0}}, experiment)
     assert main(["sweep", str(path), "--local"]) == 1  # exit 1: some nodes failed
     runs, by_id = _tree()
-    status = {(r.data.tags["wrapperdist.stage"], r.data.params.get("finetune.spurious_offset")): r.info.status
+    status = {(r.data.tags["wrapperdist.stage"], r.data.params.get("setting.spurious_offset")): r.info.status
               for r in runs if r.data.tags["wrapperdist.stage"] != "sweep"}
     assert status[("finetune", "1")] == "FINISHED" and status[("finetune", "40")] == "FAILED"
     assert status[("analysis", "1")] == "FINISHED" and status[("analysis", "40")] == "FAILED"
@@ -127,4 +128,4 @@ def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
 def test_shipped_smoke_sweep_validates():
     sweep = load_sweep(ROOT / "sweeps" / "smoke.yaml")
     assert sweep.spec.resources.train_workers == 2 and len(sweep.points) == 4
-    assert os.path.isabs(str(ROOT))
+    assert [p.setting.prior for p in sweep.points] == ["medium", "medium", "high", "high"]

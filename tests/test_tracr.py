@@ -11,16 +11,20 @@ import pytest
 import torch
 import yaml
 
-from wrapperdist.config import ConfigError, ExperimentConfig, TracrConfig, load_config
+from wrapperdist.config import ConfigError, ExperimentConfig, load_config
+from wrapperdist.models import load_model
+from wrapperdist.setting import Runtime
+from wrapperdist.settings.registry import setting_for
+from wrapperdist.settings.tracr.compile import compile_target, compiler_tokens, to_torch
+from wrapperdist.settings.tracr.config import TracrSection
+from wrapperdist.settings.tracr.tasks import TracrTarget, TracrTasks, reference_answer, tracr_vocab
 from wrapperdist.sink import MemorySink
-from wrapperdist.stages import eval_sets, load_model, make_evaluator, run_finetune, run_pretrain
-from wrapperdist.tracr import TracrTarget, TracrTasks, reference_answer
-from wrapperdist.tracr.compile import compile_target, compiler_tokens, to_torch
-from wrapperdist.tracr.tasks import tracr_vocab
+from wrapperdist.stages import run_finetune, run_pretrain
 
+QUIET = Runtime(threads=1, progress=False)
 TRACR = {
-    "name": "tiny-tracr", "seed": 0, "torch_threads": 1, "progress": False,
-    "tracr": {"program": "counter", "tokens": ["a", "b", "c"], "min_len": 1, "max_len": 6},
+    "name": "tiny-tracr", "seed": 0,
+    "setting": {"name": "tracr", "program": "counter", "tokens": ["a", "b", "c"], "min_len": 1, "max_len": 6},
     "finetune": {"optim": {"optimizer": "sgd", "lr": 0.1, "steps": 300, "batch_size": 64, "eval_every": 100,
                            "weight_decay": 0.0}},
     "eval": {"samples": 300},
@@ -38,7 +42,7 @@ def compiled(program: str, arg: str, tokens: tuple[str, ...], max_len: int):
 def all_positions_exact(program: str, arg: str, tokens: tuple[str, ...], max_len: int, seed: int) -> None:
     """Every position's output equals the reference, for every length 1..max_len (left-padded batch)."""
     c = compiled(program, arg, tokens, max_len)
-    model = to_torch(c, softmax_coldness=TracrConfig().softmax_coldness)  # the default fine-tunes start from
+    model = to_torch(c, softmax_coldness=TracrSection().softmax_coldness)  # the default fine-tunes start from
     target = TracrTarget(program, arg)
     tasks = TracrTasks(c.vocab, tokens, 1, max_len)
     rng = np.random.default_rng(seed)
@@ -102,40 +106,42 @@ def test_conversion_equals_the_jax_model(program, arg, tokens, tmp_path):
 
 
 def test_core_install_does_not_import_jax():
-    code = ("import sys, wrapperdist, wrapperdist.stages, wrapperdist.analyze, wrapperdist.cli, "
-            "wrapperdist.tracr, wrapperdist.models.tracr_model; assert 'jax' not in sys.modules, 'jax imported'")
+    code = ("import sys, wrapperdist, wrapperdist.stages, wrapperdist.settings.registry, wrapperdist.cli, "
+            "wrapperdist.settings.tracr.setting, wrapperdist.models.tracr_model; "
+            "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_tracr_config_errors(tmp_path):
-    bad = {**TRACR, "finetune": {**TRACR["finetune"], "spurious_fraction": 0.5}}
+    bad = {**TRACR, "setting": {**TRACR["setting"], "spurious_fraction": 0.5}}  # a PCFG-only field
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match="spurious_fraction"):
+    with pytest.raises(ConfigError, match="setting.spurious_fraction: Extra inputs are not permitted"):
         load_config(tmp_path / "a.yaml")
-    bad = {**TRACR, "tracr": {**TRACR["tracr"], "finetune_target": "z"}}
+    bad = {**TRACR, "setting": {**TRACR["setting"], "finetune_target": "z"}}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match=r"tracr: finetune_target 'z' is not one of \['a', 'b', 'c'\]"):
+    with pytest.raises(ConfigError, match=r"setting: finetune_target 'z' is not one of \['a', 'b', 'c'\]"):
         load_config(tmp_path / "b.yaml")
-    max_cfg = ExperimentConfig.model_validate({**TRACR, "tracr": {"program": "max_identifier", "tokens": ["1", "2"]}})
-    assert (max_cfg.tracr.pretrain_target, max_cfg.tracr.finetune_target) == ("max", "min")
+    max_cfg = ExperimentConfig.model_validate({**TRACR, "setting": {"name": "tracr", "program": "max_identifier",
+                                                                    "tokens": ["1", "2"]}})
+    assert (max_cfg.setting.pretrain_target, max_cfg.setting.finetune_target) == ("max", "min")
 
 
 def test_finetuning_the_compiled_counter(tmp_path):
     """Compiled: pt_acc 1, ft_acc at chance. A few hundred SGD steps teach count(b) and the
     compiled behaviour is gone from the output (the question the analyses then ask is: from inside?)."""
     cfg = ExperimentConfig.model_validate(TRACR)
-    pretrain = run_pretrain(cfg, tmp_path / "pt", MemorySink())
+    setting = setting_for(cfg)
+    pretrain = run_pretrain(setting, cfg, tmp_path / "pt", MemorySink(), QUIET)
     assert pretrain.metrics["pt_acc"] == 1.0 and pretrain.metrics["ft_acc"] < 0.5
     sink = MemorySink()
-    finetune = run_finetune(cfg, pretrain.checkpoint, tmp_path / "ft", sink)
+    finetune = run_finetune(setting, cfg, pretrain.checkpoint, tmp_path / "ft", sink, QUIET)
     assert finetune.metrics["ft_acc"] > 0.9, sink.history("ft_acc")
     assert finetune.metrics["pt_acc"] < 0.6
     # the vocabulary layout is the project's, fixed by the config alone
     assert tracr_vocab("counter", ["a", "b", "c"], 6).token_ids == {"a": 0, "b": 1, "c": 2, "BOS": 3, "PAD": 4}
     model, meta = load_model(finetune.checkpoint)
     assert meta["arch"] == "tracr"
-    tasks = TracrTasks(tracr_vocab("counter", ["a", "b", "c"], 6), ["a", "b", "c"], 1, 6)
-    assert make_evaluator(eval_sets(cfg, tasks))(model)["ft_acc"] == finetune.metrics["ft_acc"]
+    assert setting.evaluator(cfg)(model)["ft_acc"] == finetune.metrics["ft_acc"]
 
 
 def test_tracr_sweep_end_to_end(tmp_path, monkeypatch):

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 from wrapperdist.config import ConfigError, ExperimentConfig, load_config
+from wrapperdist.confighelp import field_reference
+from wrapperdist.setting import Runtime
+from wrapperdist.settings.registry import load_plugins
+from wrapperdist.sweep.plan import make_plan
+from wrapperdist.sweep.spec import SweepConfig, load_sweep
 
 DESCRIPTION = """\
 wrapperdist: does fine-tuning change what a pretrained model can do, or only wrap it?
@@ -42,10 +47,9 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from wrapperdist.pipeline import run_experiment  # heavy imports only when work is done
 
     cfg = _load(args.config)
-    if getattr(args, "no_progress", False):
-        cfg = cfg.model_copy(update={"progress": False})
+    runtime = Runtime(progress=not args.no_progress)
     try:
-        summary = run_experiment(cfg, stages, init_from=getattr(args, "init_from", None))
+        summary = run_experiment(cfg, stages, init_from=getattr(args, "init_from", None), runtime=runtime)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -58,10 +62,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from wrapperdist.pipeline import analyze_run
 
     override = _load(args.config) if args.config else None
-    if override is not None and args.no_progress:
-        override = override.model_copy(update={"progress": False})
     try:
-        result = analyze_run(args.run_id, override)
+        result = analyze_run(args.run_id, override, Runtime(progress=not args.no_progress))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -71,7 +73,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from wrapperdist.sweep.spec import load_sweep
+    from wrapperdist.sweep.driver import describe, run_sweep  # MLflow and Ray: only when work is done
 
     try:
         sweep = load_sweep(args.spec)
@@ -79,13 +81,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"invalid sweep:\n{err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        from wrapperdist.sweep.driver import describe
-        from wrapperdist.sweep.plan import make_plan
-
         print(describe(sweep, make_plan(sweep)))
         return 0
-    from wrapperdist.sweep.driver import run_sweep
-
     summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address)
     print(json.dumps(summary, indent=2))
     print(f"\nMLflow store: {summary['tracking_uri']}\n  browse it: mlflow ui   (from {Path.cwd()})")
@@ -95,7 +92,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import tempfile
 
-    from wrapperdist.stories.sampling import build_prompt, generate_samples, resolve_checkpoint
+    from wrapperdist.pipeline import resolve_checkpoint
+    from wrapperdist.settings.stories.sampling import build_prompt, generate_samples
+    from wrapperdist.tracking import Tracker
 
     if args.samples < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
         print("error: --samples and --max-new-tokens must be >= 1 and --temperature > 0", file=sys.stderr)
@@ -104,7 +103,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = build_prompt(args.prompt, features)
     with tempfile.TemporaryDirectory() as work:
         try:
-            checkpoint = resolve_checkpoint(args.run, Path(work))
+            checkpoint = resolve_checkpoint(Tracker(args.experiment), args.run, Path(work), stage="finetune")
             samples = generate_samples(checkpoint, prompt, args.samples, args.max_new_tokens, args.temperature,
                                        args.top_k, args.seed)
         except ValueError as err:
@@ -122,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    experiment_fields = "experiment YAML fields:\n" + "\n".join(field_reference(ExperimentConfig))
+    sweep_fields = "sweep YAML fields:\n" + "\n".join(field_reference(SweepConfig))
+    raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("validate", help="check experiment YAML files without running anything",
-                       description="Validate experiment YAML files; print every bad field as file: field: reason.")
+                       description="Validate experiment YAML files; print every bad field as file: field: reason.",
+                       epilog=experiment_fields, formatter_class=raw)
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files to check")
     p.set_defaults(func=cmd_validate)
 
@@ -150,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="pretrain, then fine-tune (and --analyze): the whole experiment",
                        description="Pretrain and fine-tune one experiment in this process; one MLflow parent "
                        "run with a child per stage. With --analyze, the analysis stage follows as a child of "
-                       "the fine-tune run.")
+                       "the fine-tune run.", epilog=experiment_fields, formatter_class=raw)
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     p.add_argument("--analyze", action="store_true", help="also run pruning, probing, attention and reFT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "fine-tune every grid point (or an Optuna search per grid point), then analyses and reFT "
                        "at each revival budget. Stage outputs are content-addressed under storage_path/store, "
                        "so finished stages are reused, never retrained. Results: one MLflow sweep run with the "
-                       "stage runs nested under it.")
+                       "stage runs nested under it.", epilog=sweep_fields, formatter_class=raw)
     p.add_argument("spec", metavar="SPEC", help="sweep YAML")
     p.add_argument("--local", action="store_true",
                    help="run every trial in this process, without starting Ray (debugging; breakpoints work)")
@@ -199,11 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens only")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--experiment", default="wrapperdist", help="MLflow experiment of RUN (default wrapperdist)")
     p.set_defaults(func=cmd_generate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    load_plugins()  # settings named in $WRAPPERDIST_PLUGINS register before any config is read
     args = build_parser().parse_args(argv)
     return args.func(args)
 

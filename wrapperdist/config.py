@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from wrapperdist.data.grammar import TERMINALS
-from wrapperdist.data.tasks import Family
-
-Terminal = Literal["a", "b", "c"]
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-# The paper's sampling priors over operands (a, b, c) = (O_PT, O_FT, other): its "low / medium /
-# high" are the 1st / 3rd / 5th of its five settings, i.e. mass 0.001 / 0.1 / 0.3 on O_FT = b.
-PRIORS: dict[str, tuple[float, float, float]] = {
-    "low": (0.999, 0.001, 0.0),
-    "medium": (0.9, 0.1, 0.0),
-    "high": (0.5, 0.3, 0.2),
-}
-
+# The built-in settings' config sections register themselves on import (see schema.SECTIONS).
+import wrapperdist.settings.pcfg.config
+import wrapperdist.settings.stories.config
+import wrapperdist.settings.tracr.config  # noqa: F401
+from wrapperdist.schema import SECTIONS, Fraction, PositiveInt, SettingSection, Strict, parse_section
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,85 +30,14 @@ class ConfigError(ValueError):
     """An invalid configuration; `str()` has one `file: field.path: reason` line per problem."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GrammarConfig(Strict):
-    """The PCFG (drawn from `seed`) and the string lengths kept from it."""
-
-    seed: int = 0
-    levels: Annotated[int, Field(ge=2)] = 4
-    symbols_per_level: PositiveInt = 4
-    rules_per_symbol: PositiveInt = 3
-    rhs_len: tuple[PositiveInt, PositiveInt] = (1, 3)
-    terminal_rhs_len: tuple[PositiveInt, PositiveInt] = (1, 2)
-    min_len: PositiveInt = 8
-    max_len: PositiveInt = 24
-    index_k: PositiveInt = Field(3, description="k of the index-of-occurrence tasks (paper: 6)")
-
-    @field_validator("rhs_len", "terminal_rhs_len")
-    @classmethod
-    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if v[0] > v[1]:
-            raise ValueError(f"lower bound {v[0]} exceeds upper bound {v[1]}")
-        return v
-
-    @model_validator(mode="after")
-    def _length_range(self) -> GrammarConfig:
-        if self.min_len > self.max_len:
-            raise ValueError(f"min_len ({self.min_len}) exceeds max_len ({self.max_len})")
-        return self
-
-
-class TaskConfig(Strict):
-    family: Family
-    operand: Terminal
-
-    @field_validator("family")
-    @classmethod
-    def _has_terminal_operand(cls, v: Family) -> Family:
-        if v is Family.token_at_index:
-            raise ValueError("token_at_index takes a position operand and can only be part of the mixture")
-        return v
-
-
-class PretrainDataConfig(Strict):
-    """The pretraining mixture: task-family weights and the sampling prior over operands."""
-
-    families: dict[Family, Annotated[float, Field(ge=0.0)]] = Field(
-        default_factory=lambda: {f: 1.0 for f in Family}
-    )
-    prior: Literal["low", "medium", "high"] | dict[Terminal, Annotated[float, Field(ge=0.0)]] = "medium"
-
-    @field_validator("families")
-    @classmethod
-    def _some_weight(cls, v: dict[Family, float]) -> dict[Family, float]:
-        if not v or sum(v.values()) <= 0:
-            raise ValueError("needs at least one family with a positive weight")
-        return v
-
-    @field_validator("prior")
-    @classmethod
-    def _sums_to_one(cls, v: Any) -> Any:
-        if isinstance(v, dict) and abs(sum(v.values()) - 1.0) > 1e-6:
-            raise ValueError(f"prior must sum to 1, got {sum(v.values()):.6g}")
-        return v
-
-    def prior_vector(self) -> tuple[float, ...]:
-        if isinstance(self.prior, str):
-            return PRIORS[self.prior]
-        return tuple(float(self.prior.get(t, 0.0)) for t in TERMINALS)
-
-
 class ModelConfig(Strict):
     """minGPT shape (paper: 6 blocks, 6 heads, d_model 192)."""
 
-    n_layer: PositiveInt = 6
-    n_head: PositiveInt = 6
-    d_model: PositiveInt = 192
+    n_layer: PositiveInt = Field(6, description="transformer blocks")
+    n_head: PositiveInt = Field(6, description="attention heads per block")
+    d_model: PositiveInt = Field(192, description="residual stream width")
     d_mlp: PositiveInt | None = Field(None, description="MLP width; default 4 * d_model")
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.0, description="dropout probability")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -131,36 +49,33 @@ class ModelConfig(Strict):
 class OptimConfig(Strict):
     """Optimiser and schedule (paper: AdamW, cosine with 20 % warm-up, min LR = max LR / 100)."""
 
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: Annotated[float, Field(gt=0.0)]
-    steps: PositiveInt
-    batch_size: PositiveInt
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.1
-    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
-    momentum: Fraction = 0.9
-    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0
-    warmup_frac: Fraction = 0.2
-    min_lr_ratio: Fraction = 0.01
-    log_every: PositiveInt = 10
-    eval_every: Annotated[int, Field(ge=0)] = 100
-    checkpoint_every: Annotated[int, Field(ge=0)] = 0
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="AdamW, or SGD with momentum")
+    lr: Annotated[float, Field(gt=0.0)] = Field(description="peak learning rate")
+    steps: PositiveInt = Field(description="optimisation steps")
+    batch_size: PositiveInt = Field(description="global batch size (split across data-parallel workers)")
+    weight_decay: Annotated[float, Field(ge=0.0)] = Field(0.1, description="on matrices only")
+    betas: tuple[Fraction, Fraction] = Field((0.9, 0.95), description="AdamW betas")
+    momentum: Fraction = Field(0.9, description="SGD momentum")
+    grad_clip: Annotated[float, Field(ge=0.0)] = Field(1.0, description="max gradient norm; 0 = no clipping")
+    warmup_frac: Fraction = Field(0.2, description="share of steps of linear warm-up")
+    min_lr_ratio: Fraction = Field(0.01, description="cosine floor as a share of lr (1 = constant lr)")
+    log_every: PositiveInt = Field(10, description="steps between training-loss points")
+    eval_every: Annotated[int, Field(ge=0)] = Field(100, description="steps between evaluations; 0 = at the end only")
+    checkpoint_every: Annotated[int, Field(ge=0)] = Field(0, description="steps between checkpoints; 0 = at the end")
 
 
 class PretrainConfig(Strict):
-    data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
-    optim: OptimConfig | None = Field(None, description="required, except in the Tracr setting (compiled, not trained)")
-    capability: TaskConfig = Field(
-        default=TaskConfig(family=Family.counter, operand="a"),
-        description="the pretraining capability tracked through fine-tuning (O_PT)",
-    )
+    """Pretraining from scratch (the data are the setting's)."""
+
+    optim: OptimConfig | None = Field(None, description="required, except where pretraining is not training "
+                                                        "(the Tracr setting compiles)")
 
 
 class FinetuneConfig(Strict):
-    task: TaskConfig = Field(default=TaskConfig(family=Family.counter, operand="b"), description="O_FT task")
-    spurious_fraction: Fraction = Field(0.0, description="C_Tr: share of examples with the planted relation")
-    spurious_offset: int = Field(1, description="the relation: answer(FT) = answer(PT) + offset")
+    """Fine-tuning the pretrained model (the task is the setting's)."""
+
     optim: OptimConfig
-    from_checkpoint: Path | None = None
+    from_checkpoint: Path | None = Field(None, description="pretrained checkpoint for `wrapperdist finetune`")
 
     @field_validator("from_checkpoint")
     @classmethod
@@ -171,29 +86,33 @@ class FinetuneConfig(Strict):
 
 
 class EvalConfig(Strict):
-    samples: PositiveInt = 2000
-    seed: int = 1_000_003  # far from training seeds, so eval sets never overlap a training stream
+    """Fixed held-out evaluation sets, the same for every stage of an experiment."""
+
+    samples: PositiveInt = Field(2000, description="examples per held-out evaluation set")
+    # far from training seeds, so eval sets never overlap a training stream
+    seed: int = Field(1_000_003, description="seed of the held-out evaluation sets")
 
 
 class PruneConfig(Strict):
     """Pruning MLP units to revive the pretraining capability (paper App. D: 5-15 neurons suffice)."""
 
-    ks: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 5, 10, 15, 20, 30, 50]
+    ks: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2, 3, 5, 10, 15, 20, 30, 50],
+                                                  description="numbers of units removed, one evaluation each")
     score_samples: PositiveInt = Field(1024, description="pretraining-task examples for the one-step score")
     random_controls: PositiveInt = Field(3, description="random rankings averaged for the control curve")
-    learned_steps: PositiveInt = 300
-    learned_lr: Annotated[float, Field(gt=0.0)] = 0.05
-    learned_penalty: Annotated[float, Field(ge=0.0)] = 1.0
-    learned_batch_size: PositiveInt = 256
+    learned_steps: PositiveInt = Field(300, description="steps of the learned (continuous-sparsification) mask")
+    learned_lr: Annotated[float, Field(gt=0.0)] = Field(0.05, description="learning rate of the mask logits")
+    learned_penalty: Annotated[float, Field(ge=0.0)] = Field(1.0, description="penalty per share of units removed")
+    learned_batch_size: PositiveInt = Field(256, description="batch size of the mask's training")
 
 
 class ProbeConfig(Strict):
     """Linear probes on the residual stream at the answer position (paper App. D)."""
 
-    samples: PositiveInt = 4000
-    test_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
-    steps: PositiveInt = 1000
-    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    samples: PositiveInt = Field(4000, description="examples whose activations the probe sees")
+    test_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.25, description="held-out share")
+    steps: PositiveInt = Field(1000, description="full-batch AdamW steps")
+    lr: Annotated[float, Field(gt=0.0)] = Field(1e-3, description="probe learning rate")
 
 
 class ReftConfig(Strict):
@@ -201,10 +120,11 @@ class ReftConfig(Strict):
     paper uses the fine-tuning hyperparameters at a smaller LR; the Scr.+FT control gets the same
     protocol at this LR and at `control_lr_multiplier` times it."""
 
-    steps: PositiveInt = 400
-    lr: Annotated[float, Field(gt=0.0)] = 1e-4
-    eval_every: PositiveInt = 20
-    control_lr_multiplier: Annotated[float, Field(gt=0.0)] = 10.0
+    steps: PositiveInt = Field(400, description="reFT steps of the analysis' revival curves")
+    lr: Annotated[float, Field(gt=0.0)] = Field(1e-4, description="reFT learning rate")
+    eval_every: PositiveInt = Field(20, description="steps between points of the revival curves")
+    control_lr_multiplier: Annotated[float, Field(gt=0.0)] = Field(
+        10.0, description="the control's second, higher reFT learning rate, as a multiple of lr")
 
 
 class VerdictConfig(Strict):
@@ -220,133 +140,47 @@ class VerdictConfig(Strict):
 
 
 class AnalysisConfig(Strict):
+    """The analysis stage: pruning, probing, attention maps, reFT and the verdict's thresholds."""
+
     prune: PruneConfig = Field(default_factory=PruneConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     reft: ReftConfig = Field(default_factory=ReftConfig)
     verdict: VerdictConfig = Field(default_factory=VerdictConfig)
-    attention_prompts: PositiveInt = 4
+    attention_prompts: PositiveInt = Field(4, description="prompts whose attention maps are compared")
 
 
 class TrackingConfig(Strict):
-    experiment: str = "wrapperdist"
+    """Where MLflow records runs."""
+
+    experiment: str = Field("wrapperdist", description="MLflow experiment name")
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
 
 
-class TracrConfig(Strict):
-    """The Tracr setting (paper Sec. 4, App. E.3): "pretraining" compiles a RASP program into weights
-    (needs the `tracr` extra); fine-tuning, analyses and reFT then run on those weights as on a GPT.
-    The paper fine-tunes compiled models with SGD + momentum after adding N(0, 0.001) weight noise;
-    here σ = 1e-3 already drops the compiled Counter to 0.88 accuracy (lengths ≤ 8), so the default is 1e-4."""
-
-    program: Literal["counter", "max_identifier"] = "counter"
-    tokens: list[str] = Field(default=["a", "b", "c"], min_length=2,
-                              description="input tokens; for max_identifier their order defines max/min")
-    pretrain_target: str = Field("a", description="compiled target; default: counter 'a', max_identifier 'max'")
-    finetune_target: str = Field("b", description="fine-tuning target; default: counter 'b', max_identifier 'min'")
-    min_len: PositiveInt = 1
-    max_len: PositiveInt = 8
-    softmax_coldness: Annotated[float, Field(gt=0.0)] = Field(
-        10.0, description="attention inverse temperature; Tracr compiles 100, whose saturated softmax passes no "
-                          "gradient to unselected keys (fine-tuning then cannot move the selector)")
-    noise_std: Annotated[float, Field(ge=0.0)] = Field(
-        1e-4, description="std of the Gaussian noise added to the compiled weights when fine-tuning starts")
-    readout_scale: Annotated[float, Field(gt=0.0)] = Field(10.0, description="logit scale on the 0/1 read-out")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_targets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            defaults = ("max", "min") if data.get("program") == "max_identifier" else ("a", "b")
-            data = {"pretrain_target": defaults[0], "finetune_target": defaults[1], **data}
-        return data
-
-    @model_validator(mode="after")
-    def _targets(self) -> TracrConfig:
-        if len(set(self.tokens)) != len(self.tokens) or {"BOS", "PAD"} & set(self.tokens):
-            raise ValueError("tokens must be distinct and may not be BOS or PAD")
-        if self.min_len > self.max_len:
-            raise ValueError(f"min_len ({self.min_len}) exceeds max_len ({self.max_len})")
-        allowed = self.tokens if self.program == "counter" else ["max", "min"]
-        for name in ("pretrain_target", "finetune_target"):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed} ({self.program})")
-        if self.pretrain_target == self.finetune_target:
-            raise ValueError("finetune_target equals pretrain_target; fine-tuning would change nothing")
-        return self
-
-
-class StoriesConfig(Strict):
-    """The TinyStories setting (paper Sec. 5.2, App. F): a small LM pretrained on stories with
-    labelled features, fine-tuned to delete one (`feature`, the paper's Twist) with one of the
-    paper's protocols, measured by a probe and by how often its generations have the feature, and
-    revived by reFT on stories that have it. The corpus is the real TinyStories files at `path`
-    (read locally, streamed) or, by default, the project's procedural stand-in."""
-
-    path: Path | None = Field(None, description="TinyStories file or folder (.txt / .json); default: generated")
-    format: Literal["auto", "plain", "instruct", "json"] = "auto"
-    stories: PositiveInt = Field(20_000, description="generated corpus size, or how many real stories to read")
-    corpus_seed: int = 0
-    pretrain_share: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
-        0.8, description="share of the corpus for pretraining; the rest feeds fine-tuning and reFT (paper: 80/20)")
-    eval_stories: PositiveInt = Field(400, description="held-out stories for losses, probes and prompts")
-    vocab_size: Annotated[int, Field(ge=300)] = 1024
-    seq_len: Annotated[int, Field(ge=32)] = 192
-    feature: str = Field("Twist", description="the capability fine-tuning deletes")
-    irrelevant_feature: str = Field("Foreshadowing", description="the label F+MM renames to `feature`")
-    deletion: Literal["F", "F+AT", "F+MM"] = Field("F", description="the deletion fine-tuning's data (paper Tab. 1)")
-    pretrain_without_feature: bool = Field(False, description="the 'Not in PT' control: pretrain with it filtered out")
-    generation_prompts: PositiveInt = Field(48, description="prompts requesting the feature, per evaluation")
-    max_new_tokens: PositiveInt = 160
-    temperature: Annotated[float, Field(gt=0.0)] = 1.0
-    top_k: PositiveInt | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.exists():
-            raise ValueError(f"no such file or folder: {v}")
-        return v
-
-
 class ExperimentConfig(Strict):
-    """One pretrain → fine-tune experiment."""
+    """One pretrain → fine-tune experiment in one setting."""
 
-    name: str = "experiment"
-    seed: int = 0
-    torch_threads: PositiveInt | None = Field(None, description="default: the CPUs this process may use")
-    output_dir: Path = Path("runs")
-    progress: bool = True
-    grammar: GrammarConfig = Field(default_factory=GrammarConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    name: str = Field("experiment", description="names the runs")
+    seed: int = Field(0, description="seeds initialisation and every data stream")
+    output_dir: Path = Field(Path("runs"), description="where `wrapperdist run` writes checkpoints and reports")
+    setting: SerializeAsAny[SettingSection] = Field(
+        description=f"the experimental setting and its own fields; `name` picks it ({', '.join(sorted(SECTIONS))})")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the transformer trained from scratch")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     finetune: FinetuneConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    tracr: TracrConfig | None = Field(None, description="set to run the Tracr setting instead of the PCFG one")
-    stories: StoriesConfig | None = Field(None, description="set to run the TinyStories setting instead")
+
+    @field_validator("setting", mode="before")
+    @classmethod
+    def _pick_setting(cls, value: Any) -> SettingSection:
+        return parse_section(value)
 
     @model_validator(mode="after")
-    def _tasks_differ(self) -> ExperimentConfig:
-        if self.tracr is not None and self.stories is not None:
-            raise ValueError("tracr and stories are two settings: set at most one")
-        if self.stories is not None:
-            if self.pretrain.optim is None:
-                raise ValueError("pretrain.optim: required (the stories setting pretrains a language model)")
-            return self
-        if self.tracr is not None:
-            if self.finetune.spurious_fraction > 0:
-                raise ValueError("finetune.spurious_fraction: the Tracr setting has no spurious correlation; use 0")
-            return self
-        if self.pretrain.optim is None:
-            raise ValueError("pretrain.optim: required (only the Tracr setting, which compiles, may omit it)")
-        if self.finetune.task == self.pretrain.capability:
-            raise ValueError("finetune.task equals pretrain.capability; fine-tuning would change nothing")
+    def _pretrain_optim(self) -> ExperimentConfig:
+        if self.setting.trains_pretraining and self.pretrain.optim is None:
+            raise ValueError(f"pretrain.optim: required (the {self.setting.name} setting pretrains by training)")
         return self
-
-    @property
-    def is_tracr(self) -> bool:
-        return self.tracr is not None
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -405,10 +239,3 @@ def config_hash(*parts: BaseModel | dict[str, Any]) -> str:
     blobs = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
     text = json.dumps(blobs, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

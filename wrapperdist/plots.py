@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from wrapperdist.setting import EvalMetric  # noqa: E402
 from wrapperdist.sink import MemorySink  # noqa: E402
 
-ACCURACY_LABELS = {
-    "pt_acc": "pretraining task (count O_PT)",
-    "ft_acc": "fine-tuning task (count O_FT), C_Te=0",
-    "ft_acc_spurious": "fine-tuning task, C_Te=1",
-    "mix_acc": "pretraining mixture",
-}
 
-
-RATE_LABELS = {"twist_rate": "generations with the feature (prompted for it)"}
-
-
-def training_curves(history: MemorySink, title: str) -> Figure:
-    """Held-out accuracies / generation rates (left) and losses (right) against steps for one stage."""
+def training_curves(history: MemorySink, title: str, eval_metrics: Mapping[str, EvalMetric]) -> Figure:
+    """Held-out shares (accuracies, generation rates; left) and losses (right) against steps for one
+    stage; `eval_metrics` (the setting's) names and sorts the evaluation keys."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in {**ACCURACY_LABELS, **RATE_LABELS}.items():
+    for key, metric in eval_metrics.items():
         points = history.history(key)
-        if points:
+        if points and metric.kind == "share":
             steps, values = zip(*points, strict=True)
-            ax_acc.plot(steps, values, marker="o", markersize=3, label=label)
+            ax_acc.plot(steps, values, marker="o", markersize=3, label=metric.label)
     ax_acc.set(xlabel="step", ylabel="accuracy / share", ylim=(-0.02, 1.02), title="held-out evaluation")
     ax_acc.grid(alpha=0.3)
     if ax_acc.get_legend_handles_labels()[0]:
         ax_acc.legend(fontsize=8, loc="lower right")
-    for key, label, style in (("train_loss", "training loss", "-"), ("loss_twist", "held-out, with the feature", "o-"),
-                              ("loss_plain", "held-out, without it", "s-")):
+    losses = [("train_loss", "training loss", "-")]
+    losses += [(key, m.label, "o-") for key, m in eval_metrics.items() if m.kind == "loss"]
+    for key, label, style in losses:
         points = history.history(key)
         if points:
             steps, values = zip(*points, strict=True)

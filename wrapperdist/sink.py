@@ -7,12 +7,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-def is_evaluation(metrics: dict[str, float]) -> bool:
-    """An evaluation point (accuracies, generation rates, held-out losses), as opposed to the training
-    loss and LR logged every few steps: evaluation points go out live and make the curves' x-axis."""
-    return any(k.endswith(("acc", "_rate")) or k.startswith("loss_") for k in metrics)
-
-
 class Sink(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...

@@ -2,7 +2,7 @@
 bookkeeping and the wrapper verdict. No Ray, no MLflow."""
 
 from wrapperdist.mech.attention import attention_patterns, pattern_shift
-from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layers, residual_names, train_probe
+from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layers, train_probe
 from wrapperdist.mech.pruning import (
     CurvePoint,
     LearnedMask,
@@ -15,12 +15,12 @@ from wrapperdist.mech.pruning import (
 )
 from wrapperdist.mech.reft import is_monotone_in_steps, steps_to_reach
 from wrapperdist.mech.verdict import Evidence, Verdict, judge
-from wrapperdist.mech.weights import mlp_unit_change, relative_change
+from wrapperdist.mech.weights import mlp_unit_change, relative_change, weight_change_markdown
 
 __all__ = [
     "CurvePoint", "Evidence", "LearnedMask", "ProbeResult", "Verdict", "attention_patterns",
     "grad_x_weight_scores", "is_monotone_in_steps", "judge", "learned_removal_mask", "majority_baseline",
     "mlp_unit_change", "relative_change",
-    "pattern_shift", "probe_layers", "random_ranking", "rank_units", "removal_curve", "residual_names",
-    "steps_to_reach", "train_probe", "units_removed",
+    "pattern_shift", "probe_layers", "random_ranking", "rank_units", "removal_curve",
+    "steps_to_reach", "train_probe", "units_removed", "weight_change_markdown",
 ]

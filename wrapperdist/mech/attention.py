@@ -11,8 +11,7 @@ from wrapperdist.models.hooks import HookedModule
 @torch.no_grad()
 def attention_patterns(model: HookedModule, tokens: torch.Tensor) -> torch.Tensor:
     """(n_layer, B, n_head, T, T) attention probabilities."""
-    n_layer = len(model.blocks)  # type: ignore[attr-defined]
-    names = [f"blocks.{i}.attn.pattern" for i in range(n_layer)]
+    names = model.pattern_names()
     model.eval()
     with model.capture(names) as cache:
         model(tokens)

@@ -14,12 +14,6 @@ import torch.nn.functional as F
 from wrapperdist.models.hooks import HookedModule
 
 
-def residual_names(model: HookedModule) -> list[str]:
-    """The residual stream at every depth: embeddings, then after each block."""
-    n_layer = len(model.blocks)  # type: ignore[attr-defined]
-    return ["embed", *(f"blocks.{i}.resid_post" for i in range(n_layer))]
-
-
 @torch.no_grad()
 def answer_activations(model: HookedModule, tokens: torch.Tensor, names: list[str], batch_size: int = 1024):
     """{name: (N, d)} activations at the last (answer) position."""
@@ -72,7 +66,7 @@ def probe_layers(
     test_frac: float = 0.25, steps: int = 1000, lr: float = 1e-3,
 ) -> dict[str, ProbeResult]:
     """Probe every residual layer for `targets` (one int per example); held-out split by position."""
-    names = residual_names(model)
+    names = model.residual_names()
     acts = answer_activations(model, tokens, names)
     cut = int(len(tokens) * (1 - test_frac))
     return {

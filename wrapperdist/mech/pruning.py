@@ -32,23 +32,15 @@ from wrapperdist.models.hooks import HookedModule
 Unit = tuple[int, int]  # (layer, unit index)
 
 
-def mlp_hook(layer: int) -> str:
-    return f"blocks.{layer}.mlp.hidden"
-
-
-def mlp_widths(model: HookedModule) -> list[int]:
-    return [block.mlp.fc.out_features for block in model.blocks]  # type: ignore[attr-defined]
-
-
 @contextmanager
 def units_removed(model: HookedModule, units: Sequence[Unit]) -> Iterator[None]:
     """Zero the given MLP units for the duration of the block."""
-    widths = mlp_widths(model)
+    widths = model.mlp_widths()
     masks = [torch.ones(w) for w in widths]
     for layer, idx in units:
         masks[layer][idx] = 0.0
     for layer, mask in enumerate(masks):
-        model.set_mask(mlp_hook(layer), mask)
+        model.set_mask(model.mlp_hidden_name(layer), mask)
     try:
         yield
     finally:
@@ -57,10 +49,10 @@ def units_removed(model: HookedModule, units: Sequence[Unit]) -> Iterator[None]:
 
 def grad_x_weight_scores(model: HookedModule, tokens: torch.Tensor, answers: torch.Tensor) -> list[torch.Tensor]:
     """Per-layer scores (d_mlp,) from one backward pass of the pretraining-task loss."""
-    masks = [torch.ones(w, requires_grad=True) for w in mlp_widths(model)]
+    masks = [torch.ones(w, requires_grad=True) for w in model.mlp_widths()]
     model.eval()
     for layer, mask in enumerate(masks):
-        model.set_mask(mlp_hook(layer), mask)
+        model.set_mask(model.mlp_hidden_name(layer), mask)
     try:
         with torch.enable_grad():
             loss = F.cross_entropy(model(tokens, last_only=True), answers)
@@ -78,7 +70,7 @@ def rank_units(scores: Sequence[torch.Tensor]) -> list[Unit]:
 
 
 def random_ranking(model: HookedModule, seed: int) -> list[Unit]:
-    units = [(layer, i) for layer, w in enumerate(mlp_widths(model)) for i in range(w)]
+    units = [(layer, i) for layer, w in enumerate(model.mlp_widths()) for i in range(w)]
     order = np.random.default_rng(seed).permutation(len(units))
     return [units[i] for i in order]
 
@@ -118,7 +110,7 @@ def learned_removal_mask(
     beta_final: float = 50.0,
 ) -> LearnedMask:
     """Continuous sparsification over MLP units: minimise PT loss + penalty · (mean units removed)."""
-    widths = mlp_widths(model)
+    widths = model.mlp_widths()
     logits = [torch.full((w,), init_logit, requires_grad=True) for w in widths]
     frozen = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
@@ -132,7 +124,7 @@ def learned_removal_mask(
                 beta = beta_final ** (step / max(1, steps - 1))  # 1 → beta_final, geometric
                 masks = [torch.sigmoid(beta * s) for s in logits]
                 for layer, m in enumerate(masks):
-                    model.set_mask(mlp_hook(layer), m)
+                    model.set_mask(model.mlp_hidden_name(layer), m)
                 tokens, answers = next(batches)
                 task_loss = F.cross_entropy(model(tokens, last_only=True), answers)
                 removed = sum((1 - m).sum() for m in masks) / n_units

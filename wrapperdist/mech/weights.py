@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wrapperdist.models.hooks import HookedModule
+
 
 @torch.no_grad()
 def relative_change(before: nn.Module, after: nn.Module, eps: float = 1e-8) -> dict[str, float]:
@@ -22,11 +24,22 @@ def relative_change(before: nn.Module, after: nn.Module, eps: float = 1e-8) -> d
 
 
 @torch.no_grad()
-def mlp_unit_change(before: nn.Module, after: nn.Module) -> list[tuple[int, int, float]]:
+def mlp_unit_change(before: HookedModule, after: HookedModule) -> list[tuple[int, int, float]]:
     """(layer, unit, ‖Δ incoming row‖ + ‖Δ outgoing column‖) for every MLP unit, largest first."""
     units = []
-    for layer, (b, a) in enumerate(zip(before.blocks, after.blocks, strict=True)):  # type: ignore[attr-defined]
-        incoming = (a.mlp.fc.weight - b.mlp.fc.weight).norm(dim=1) + (a.mlp.fc.bias - b.mlp.fc.bias).abs()
-        outgoing = (a.mlp.out.weight - b.mlp.out.weight).norm(dim=0)
+    for layer in range(after.n_layers):
+        (fc_b, out_b), (fc_a, out_a) = before.mlp_layers(layer), after.mlp_layers(layer)
+        incoming = (fc_a.weight - fc_b.weight).norm(dim=1) + (fc_a.bias - fc_b.bias).abs()
+        outgoing = (out_a.weight - out_b.weight).norm(dim=0)
         units += [(layer, i, float(v)) for i, v in enumerate((incoming + outgoing).tolist())]
     return sorted(units, key=lambda u: -u[2])
+
+
+def weight_change_markdown(changes: dict[str, float], top_units: list[tuple[int, int, float]]) -> str:
+    """The report section: the tensors that changed most, and the MLP units that moved most."""
+    ranked = sorted(changes.items(), key=lambda kv: -kv[1])
+    lines = ["", "## Where fine-tuning changed the weights (relative Frobenius change; figure weights.png)", "",
+             "| parameter | change |", "|---|---|", *(f"| {n} | {x:.4f} |" for n, x in ranked[:10]), "",
+             "MLP units that moved most (layer, unit: ‖Δ in‖ + ‖Δ out‖): "
+             + ", ".join(f"{layer}.{unit}: {x:.3f}" for layer, unit, x in top_units), ""]
+    return "\n".join(lines)

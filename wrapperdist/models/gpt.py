@@ -94,6 +94,8 @@ class Block(nn.Module):
 
 
 class GPT(HookedModule):
+    arch = "gpt"
+
     def __init__(self, shape: GPTShape):
         super().__init__()
         self.shape = shape
@@ -131,6 +133,3 @@ class GPT(HookedModule):
         if last_only:
             x = x[:, -1]
         return self.head(self.ln_f(x))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,43 @@ class HookPoint(nn.Module):
 
 
 class HookedModule(nn.Module):
-    """Mixin for models built from HookPoints: names them and offers capture/mask by name."""
+    """Base of models built from HookPoints: names them, offers capture/mask by name, and tells the
+    analyses where things are, so `mech/` addresses every model the same way.
+
+    The layout it assumes (GPT and the compiled-Tracr model share it): `blocks`, each with an `mlp`
+    whose `fc` (d_model -> d_mlp) and `out` (d_mlp -> d_model) are linear layers, and hook points
+    `embed`, `blocks.i.attn.pattern`, `blocks.i.attn.heads`, `blocks.i.mlp.hidden`,
+    `blocks.i.resid_post`. `arch` names the class in checkpoints; `shape` is its frozen dataclass."""
+
+    arch: str = ""
+    blocks: nn.ModuleList
+    shape: Any
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def residual_names(self) -> list[str]:
+        """The residual stream at every depth: embeddings, then after each block."""
+        return ["embed", *(f"blocks.{i}.resid_post" for i in range(self.n_layers))]
+
+    def pattern_names(self) -> list[str]:
+        return [f"blocks.{i}.attn.pattern" for i in range(self.n_layers)]
+
+    @staticmethod
+    def mlp_hidden_name(layer: int) -> str:
+        return f"blocks.{layer}.mlp.hidden"
+
+    def mlp_layers(self, layer: int) -> tuple[nn.Linear, nn.Linear]:
+        """(fc, out) of block `layer`'s MLP."""
+        mlp = self.blocks[layer].mlp
+        return mlp.fc, mlp.out
+
+    def mlp_widths(self) -> list[int]:
+        return [self.mlp_layers(i)[0].out_features for i in range(self.n_layers)]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     def name_hook_points(self) -> None:
         for name, module in self.named_modules():

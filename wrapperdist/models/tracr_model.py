@@ -2,7 +2,7 @@
 position embeddings, blocks of (attention, ReLU MLP) added to the residual stream, no LayerNorm,
 non-causal attention that ignores PAD keys, and a fixed read-out that projects the residual stream
 onto the output subspace (argmax = the program's answer). Weights come from
-`wrapperdist.tracr.compile` or a checkpoint; no JAX here.
+`wrapperdist.settings.tracr.compile` or a checkpoint; no JAX here.
 
 Same hook points as the GPT model, so probing, pruning and attention maps apply unchanged:
 embed, blocks.i.attn.pattern, blocks.i.attn.heads, blocks.i.mlp.hidden, blocks.i.resid_post."""
@@ -84,6 +84,8 @@ class TracrBlock(nn.Module):
 
 
 class TracrTransformer(HookedModule):
+    arch = "tracr"
+
     def __init__(self, shape: TracrShape):
         super().__init__()
         self.shape = shape
@@ -113,6 +115,3 @@ class TracrTransformer(HookedModule):
         if last_only:
             x = x[:, -1]
         return self.shape.readout_scale * (x @ self.unembed)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -12,7 +12,7 @@ from typing import Any
 
 from wrapperdist.config import config_hash, flatten
 from wrapperdist.store import Store
-from wrapperdist.sweep.executors import Layout, LocalExecutor, RayExecutor, execute, layout_for
+from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import Sweep, load_sweep
@@ -88,6 +88,21 @@ def _start_ray(layout, pid_file: Path, address: str | None) -> None:
     pid_file.write_text(json.dumps([{"pid": p.pid, "created": p.create_time()} for p in children]))
 
 
+def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: str, pid_file: Path,
+                  address: str | None, log) -> Executor:
+    """Start (or attach to) Ray and size the trials to the cluster. Ray is imported only here: a
+    `--local` sweep runs without the `ray` extra."""
+    import ray
+
+    from wrapperdist.sweep.ray_executor import RayExecutor
+
+    _start_ray(layout_for(sweep), pid_file, address or os.environ.get("RAY_ADDRESS"))
+    have = ray.cluster_resources()  # a cluster may be bigger than this machine
+    layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=int(have.get("GPU", 0)))
+    log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
+    return RayExecutor(sweep, store, recorder, layout, storage)
+
+
 def run_sweep(path: str | Path, local: bool = False, resume: bool = False, address: str | None = None,
               log=print) -> dict[str, Any]:
     sweep = load_sweep(path)
@@ -111,18 +126,13 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
     start = time.perf_counter()
     status = "FAILED"
     try:
+        runner: Executor
         if local:
             # one trial at a time, so it gets every core
             layout = Layout(layout.cpus, layout.cpus, 1, 0, layout.use_gpu)
             runner = LocalExecutor(sweep, store, recorder, layout)
         else:
-            _start_ray(layout, pid_file, address or os.environ.get("RAY_ADDRESS"))
-            import ray
-
-            have = ray.cluster_resources()  # a cluster may be bigger than this machine
-            layout = layout_for(sweep, cpus=int(have.get("CPU", layout.cpus)), gpus=int(have.get("GPU", 0)))
-            log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
-            runner = RayExecutor(sweep, store, recorder, layout, storage)
+            runner = _ray_executor(sweep, store, recorder, storage, pid_file, address, log)
         counts = execute(plan, sweep, runner, progress=log)
         status = "FINISHED"
     except (KeyboardInterrupt, _Terminated, SystemExit):  # Ctrl-C, or SIGTERM (ours or Ray's handler)

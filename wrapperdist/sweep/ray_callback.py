@@ -3,15 +3,20 @@ every trial failure to the SweepRecorder (so the driver stays the only MLflow wr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ray.tune.logger import LoggerCallback
 
-from wrapperdist.sweep.executors import node_of_trial
+from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.recorder import SweepRecorder
+
+NodeOfTrial = Callable[[dict[str, Any], str], Node]
 
 
 class MLflowTreeCallback(LoggerCallback):
-    def __init__(self, recorder: SweepRecorder):
-        self.recorder = recorder
+    def __init__(self, recorder: SweepRecorder, node_of_trial: NodeOfTrial):
+        self.recorder, self.node_of_trial = recorder, node_of_trial
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         if "node_key" in result:
@@ -22,7 +27,7 @@ class MLflowTreeCallback(LoggerCallback):
             self.recorder.stopped(trial.trial_id)  # no-op unless a scheduler ended it early
             return
         try:
-            node = node_of_trial(trial.config, trial.trial_id)
+            node = self.node_of_trial(trial.config, trial.trial_id)
         except Exception:  # noqa: BLE001 - an unusable config: fall back to the trial id
             node = None
         error = "trial failed"

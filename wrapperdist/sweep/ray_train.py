@@ -1,6 +1,6 @@
 """Ray Train adapter: run a training node under `TorchTrainer` with N data-parallel workers (DDP
-over gloo on CPU, NCCL on GPU). The stage code is the plain one; this file only supplies the
-worker's rank and the DDP wrapper, and moves metrics and the checkpoint through Ray.
+over gloo on CPU, NCCL on GPU). The stage code is the plain one (`stages.run_stage`); this file only
+supplies the worker's rank and the DDP wrapper, and moves metrics and the checkpoint through Ray.
 
 Reports: Train V2's `ray.train.report` is a barrier every worker must reach equally often, and it
 waits for the controller's poll, so workers report once, at the end, with the checkpoint (model +
@@ -14,40 +14,31 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from wrapperdist.config import ExperimentConfig
+import ray.train
+from ray.train.torch import TorchTrainer, prepare_model
+
+from wrapperdist.setting import Runtime
+from wrapperdist.settings.registry import setting_for
+from wrapperdist.sink import MemorySink
+from wrapperdist.stages import run_stage
 from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
+from wrapperdist.train.distributed import Distributed
 
 # The controller's default 2 s poll would add seconds to every run; the trial reports once anyway.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 
 
 def _worker(config: dict[str, Any]) -> None:
-    import ray.train
-    from ray.train.torch import prepare_model
-
-    from wrapperdist.sink import MemorySink
-    from wrapperdist.stages import load_model, run_finetune, run_pretrain, run_reft
-    from wrapperdist.train import save_checkpoint
-    from wrapperdist.train.distributed import Distributed
-
     ctx = ray.train.get_context()
     dist = Distributed(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), wrap=prepare_model)
-    cfg = ExperimentConfig.model_validate(config["experiment"])
-    node = Node.from_dict(config["node"])
+    node: Node = config["node"]
     init = Path(config["init"]) if config["init"] else None
     sink = MemorySink()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        if node.kind == "pretrain":
-            run_pretrain(cfg, out, sink, dist)
-        elif node.kind == "finetune":
-            run_finetune(cfg, init, out, sink, dist)
-        else:
-            model, meta = load_model(init)
-            run_reft(cfg, model, cfg.analysis.reft.lr, sink, steps=node.budget, dist=dist)
-            if dist.is_main:
-                save_checkpoint(out / "model.pt", model, {**meta, "stage": "reft", "budget": node.budget})
+        run_stage(node.kind, setting_for(node.config), node.config, init, out, sink,
+                  Runtime(dist=dist, threads=1, progress=False), node.budget)
         if dist.is_main:
             (out / "history.json").write_text(json.dumps(sink.metrics))
             ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(str(out)))
@@ -56,16 +47,11 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path: str, run_name: str) -> TrainBackend:
-    def run(node: Node, cfg: ExperimentConfig, init: Path | None, out_dir: Path):
-        import ray.train
-        from ray.train.torch import TorchTrainer
-
+    def run(node: Node, init: Path | None, out_dir: Path):
         per_worker = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 0.99}  # 0.01 is the Tune trial's own share
-        cfg_one_thread = cfg.model_copy(update={"torch_threads": 1, "progress": False})
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"experiment": cfg_one_thread.model_dump(mode="json"), "node": node.to_dict(),
-                               "init": str(init) if init else ""},
+            train_loop_config={"node": node, "init": str(init) if init else ""},
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                    resources_per_worker=per_worker),
             run_config=ray.train.RunConfig(
@@ -79,7 +65,7 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
         with result.checkpoint.as_directory() as ckpt:
             history = json.loads((Path(ckpt) / "history.json").read_text())
             (out_dir / "model.pt").write_bytes((Path(ckpt) / "model.pt").read_bytes())
-        replay = ReportingSink(node, report)
+        replay = ReportingSink(node, report, setting_for(node.config).eval_metrics)
         for step, metrics in history:
             replay.log_metrics(metrics, step)
         last = max(step for step, _ in history)

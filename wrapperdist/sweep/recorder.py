@@ -14,8 +14,8 @@ import logging
 import traceback
 from typing import Any
 
-from wrapperdist.config import flatten
-from wrapperdist.sink import is_evaluation
+from wrapperdist.config import ExperimentConfig, flatten
+from wrapperdist.settings.registry import setting_for
 from wrapperdist.store import Store, scratch_dir
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, node_report
 from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, MLflowSink, Tracker
@@ -33,6 +33,7 @@ class SweepRecorder:
         self.open: dict[str, str] = {}  # node key -> RUNNING run id (this attempt)
         self.trial_nodes: dict[str, str] = {}  # Tune trial id -> node key
         self.failed: dict[str, str] = {}  # node key -> FAILED run id (still a parent for the tree)
+        self.eval_keys: dict[str, set[str]] = {}  # node key -> its setting's evaluation metrics
         previous = self._previous(sweep_name, spec_hash) if resume else None
         if previous is not None:
             self.sweep_run_id = previous.info.run_id
@@ -95,7 +96,7 @@ class SweepRecorder:
         parent_key = result.get("node_parent") or ""
         parent = (self.finished.get(parent_key) or self.open.get(parent_key) or self.failed.get(parent_key)
                   or self.sweep_run_id)
-        if result.get("node_role") == "scr_control":
+        if result.get("node_role") == "control":
             parent = self.sweep_run_id
         tags = {STAGE_TAG: kind, KEY_TAG: key, SWEEP_TAG: self.sweep_run_id, PARENT_TAG: parent,
                 "wrapperdist.config_hash": key.split("-", 1)[1], "wrapperdist.role": result.get("node_role", "")}
@@ -103,9 +104,14 @@ class SweepRecorder:
             tags["ray.tune.trial_id"] = trial_id
         run = self.client.create_run(self.tracker.experiment_id, run_name=result["node_name"], tags=tags)
         experiment = json.loads(result.get("node_experiment") or "{}")
+        if experiment:
+            cfg = ExperimentConfig.model_validate(experiment)
+            self.eval_keys[key] = set(setting_for(cfg).eval_metrics)
         params = flatten(experiment)
         if result.get("node_budget"):
             params["reft.budget"] = result["node_budget"]
+        if result.get("runtime_threads"):  # how it ran (not part of its identity): torch threads of the trial
+            params["runtime.threads"] = result["runtime_threads"]
         MLflowSink(self.client, run.info.run_id).log_params(params)
         self.open[key] = run.info.run_id
         return run.info.run_id
@@ -118,8 +124,8 @@ class SweepRecorder:
         history = self.store.read_json(key, "history.json")
         # training stages sent their evaluation points live; everything else is replayed now
         sent_live = not cached and result["node_kind"] != "analysis"
-        replay = [(step, point) for step, point in history
-                  if not (sent_live and is_evaluation(point))]  # evals went out live
+        live = self.eval_keys.get(key, set()) if sent_live else set()
+        replay = [(step, point) for step, point in history if not live & point.keys()]  # evals went out live
         sink.log_history(replay)
         # final values not already in the curves (evidence, verdict) go at the last step
         last = max((step for step, _ in history), default=0)

@@ -18,10 +18,12 @@ from wrapperdist.config import (
     format_validation_error,
     read_yaml,
 )
+from wrapperdist.settings.registry import setting_for
 
-# Fields that shape a pretrained model. Optuna samples per fine-tune trial, after the pretrained
-# models exist, so it may not search over these (grids may).
-PRETRAIN_FIELDS = ("seed", "grammar", "model", "pretrain", "eval")
+# Sections that shape a pretrained model. Optuna samples per fine-tune trial, after the pretrained
+# models exist, so it may not search over these (grids may); within `setting`, the setting's own
+# pretraining fields are refused when the sweep is loaded (see `load_sweep`).
+PRETRAIN_FIELDS = ("seed", "model", "pretrain", "eval")
 
 
 class Distribution(Strict):
@@ -134,7 +136,7 @@ def experiment_for(base: dict[str, Any], assignment: dict[str, Any], name: str) 
 
 
 def point_name(sweep: str, assignment: dict[str, Any]) -> str:
-    short = {"pretrain.data.prior": "prior", "finetune.optim.lr": "lr", "finetune.spurious_fraction": "C_Tr"}
+    short = {"setting.prior": "prior", "finetune.optim.lr": "lr", "setting.spurious_fraction": "C_Tr"}
     parts = [f"{short.get(k, k.split('.')[-1])}={v}" for k, v in assignment.items()]
     return " ".join([sweep, *parts])
 
@@ -154,7 +156,7 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, value in spec.overrides.items():
         set_dotted(base, key, value)
     try:
-        ExperimentConfig.model_validate(base)
+        base_cfg = ExperimentConfig.model_validate(base)
     except ValidationError as err:
         raise ConfigError(format_validation_error(f"{path} (experiment {base_path} + overrides)", err)) from None
     points, errors = [], []
@@ -172,9 +174,13 @@ def load_sweep(path: str | Path) -> Sweep:
             sample = (dist.loguniform or dist.uniform or dist.randint or dist.choice)[0]
             set_dotted(probe, key, sample)
             try:
-                ExperimentConfig.model_validate(probe)
+                sampled = ExperimentConfig.model_validate(probe)
             except ValidationError as err:
                 errors.append(format_validation_error(f"{path}: search.space.{key}", err))
+                continue
+            setting = setting_for(base_cfg)
+            if setting.pretrain_identity(sampled) != setting.pretrain_identity(base_cfg):
+                errors.append(f"{path}: search.space.{key}: changes the pretrained model; put it in grid")
     if errors:
         raise ConfigError("\n".join(dict.fromkeys(errors)))
     return Sweep(spec=spec, base=base, points=points, source=str(path))

@@ -5,21 +5,26 @@ and tells `report` what happened (the caller routes that to Tune or straight to 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wrapperdist.config import ExperimentConfig
-from wrapperdist.sink import MemorySink, is_evaluation
-from wrapperdist.stages import load_model, run_finetune, run_pretrain, run_reft
+import matplotlib.pyplot as plt
+
+from wrapperdist.models import load_model
+from wrapperdist.plots import training_curves
+from wrapperdist.setting import AnalysisModels, Runtime
+from wrapperdist.settings.registry import setting_for
+from wrapperdist.sink import MemorySink
+from wrapperdist.stages import run_stage
 from wrapperdist.store import Store, remove, scratch_dir, write_stage_outputs
 from wrapperdist.sweep.plan import Node, node_report, with_metrics
 
 Report = Callable[[dict[str, Any]], None]
-# A training backend runs pretrain/finetune/reft for a node; in-process by default, Ray Train when
-# the sweep asks for workers. It returns (final metrics, history) and leaves model.pt in out_dir.
-TrainBackend = Callable[[Node, ExperimentConfig, Path | None, Path], tuple[dict[str, float], list]]
+# A training backend runs a pretrain/finetune/reft node; in-process by default, Ray Train when the
+# sweep asks for workers. It returns (final metrics, history) and leaves model.pt in out_dir.
+TrainBackend = Callable[[Node, Path | None, Path], tuple[dict[str, float], list]]
 
 
 class StageFailed(RuntimeError):
@@ -27,39 +32,29 @@ class StageFailed(RuntimeError):
 
 
 class ReportingSink(MemorySink):
-    """Keeps the history and forwards evaluation points as they happen (live curves in MLflow and
-    the metric ASHA needs). Training-loss points stay in the history only: replayed at the end."""
+    """Keeps the history and forwards evaluation points (the setting's eval metrics) as they happen:
+    live curves in MLflow and the metric ASHA needs. Training-loss points stay in the history only:
+    replayed at the end."""
 
-    def __init__(self, node: Node, report: Report):
+    def __init__(self, node: Node, report: Report, eval_keys: Collection[str]):
         super().__init__()
-        self.node, self.report = node, report
+        self.node, self.report, self.eval_keys = node, report, set(eval_keys)
         self.sent = 0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         super().log_metrics(metrics, step)
-        if is_evaluation(metrics):
+        if self.eval_keys & metrics.keys():
             # the first report carries the config, in case no 'start' report announced the node
             identity = node_report(self.node, with_config=self.sent == 0)
             self.report(with_metrics({**identity, "event": "progress", "step": step}, metrics))
             self.sent += 1
 
 
-def in_process_backend(report: Report) -> TrainBackend:
-    def run(node: Node, cfg: ExperimentConfig, init: Path | None, out_dir: Path):
-        sink = ReportingSink(node, report)
-        if node.kind == "pretrain":
-            out = run_pretrain(cfg, out_dir, sink)
-            metrics = out.metrics
-        elif node.kind == "finetune":
-            out = run_finetune(cfg, init, out_dir, sink)
-            metrics = out.metrics
-        else:  # reft
-            from wrapperdist.train import save_checkpoint
-
-            model, meta = load_model(init)
-            run_reft(cfg, model, cfg.analysis.reft.lr, sink, f"reft {node.budget}", steps=node.budget)
-            save_checkpoint(out_dir / "model.pt", model, {**meta, "stage": "reft", "budget": node.budget})
-            metrics = {k: v for step, m in sink.metrics for k, v in m.items() if step == node.budget}
+def in_process_backend(report: Report, runtime: Runtime) -> TrainBackend:
+    def run(node: Node, init: Path | None, out_dir: Path):
+        setting = setting_for(node.config)
+        sink = ReportingSink(node, report, setting.eval_metrics)
+        metrics = run_stage(node.kind, setting, node.config, init, out_dir, sink, runtime, node.budget)
         return metrics, sink.metrics
 
     return run
@@ -72,7 +67,7 @@ class NodeOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | None = None,
+def run_node(node: Node, store: Store, report: Report, runtime: Runtime, backend: TrainBackend | None = None,
              announce: bool = True) -> NodeOutcome:
     """Produce `node`'s output in the store unless it is there already (reuse and resume).
     `announce=False` skips the metric-less 'start' report (a searcher wants its metric in every one)."""
@@ -81,42 +76,36 @@ def run_node(node: Node, store: Store, report: Report, backend: TrainBackend | N
         report(with_metrics({**node_report(node, True), "event": "done", "cached": 1}, metrics))
         return NodeOutcome(node, True, metrics)
     if announce:
-        report({**node_report(node, True), "event": "start"})
+        report({**node_report(node, True), "event": "start", "runtime_threads": runtime.threads or 0})
     for key in (node.parent, *node.requires):
         if key and not store.done(key):
             raise StageFailed(f"{node.kind} {node.key} needs {key}, which is not in the store (did it fail?)")
-    cfg = node.config()
     work = scratch_dir(node.kind)
     try:
         if node.kind == "analysis":
-            metrics = _analysis(node, cfg, store, work)
+            metrics = _analysis(node, store, work, runtime)
         else:
             init = store.fetch(node.parent, work / "init") / "model.pt" if node.parent else None
-            # Compiling a Tracr program is not training: it never needs Ray Train's workers.
-            compiles = node.kind == "pretrain" and cfg.tracr is not None
-            run = in_process_backend(report) if compiles or backend is None else backend
-            metrics, history = run(node, cfg, init, work / "out")
+            # A pretraining that is not training (Tracr compiles) never needs Ray Train's workers.
+            compiles = node.kind == "pretrain" and not node.config.setting.trains_pretraining
+            run = in_process_backend(report, runtime) if compiles or backend is None else backend
+            metrics, history = run(node, init, work / "out")
             write_stage_outputs(work / "out", metrics, history)
             _curves_figure(history, node, work / "out")
         store.put(node.key, work / "out")
-        report(with_metrics({**node_report(node, True), "event": "done", "cached": 0}, metrics))
+        done = {**node_report(node, True), "event": "done", "cached": 0, "runtime_threads": runtime.threads or 0}
+        report(with_metrics(done, metrics))
         return NodeOutcome(node, False, metrics)
     finally:
         remove(work)
 
 
-def _analysis(node: Node, cfg: ExperimentConfig, store: Store, work: Path) -> dict[str, float]:
-    from dataclasses import asdict
-
-    import matplotlib.pyplot as plt
-
-    from wrapperdist.analyze import analyze
-
+def _analysis(node: Node, store: Store, work: Path, runtime: Runtime) -> dict[str, float]:
     pretrained_key, control_key = node.requires
-    models = [load_model(store.fetch(key, work / key) / "model.pt")[0]
-              for key in (pretrained_key, node.parent, control_key)]
+    models = AnalysisModels(*(load_model(store.fetch(key, work / key) / "model.pt")[0]
+                              for key in (pretrained_key, node.parent, control_key)))
     sink = MemorySink()
-    output = analyze(cfg, models[0], models[1], models[2], sink)
+    output = setting_for(node.config).analyze(node.config, models, sink, runtime)
     out = work / "out"
     out.mkdir(parents=True)
     (out / "report.md").write_text(output.report)
@@ -124,19 +113,14 @@ def _analysis(node: Node, cfg: ExperimentConfig, store: Store, work: Path) -> di
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)  # a sweep makes many: keep pyplot's registry from growing
     metrics = output.summary_metrics()
-    (out / "verdict.json").write_text(json.dumps({"label": output.verdict.label, **asdict(output.verdict)}))
+    (out / "verdict.json").write_text(json.dumps({"label": output.label}))
     write_stage_outputs(out, metrics, sink.metrics)
     return metrics
 
 
 def _curves_figure(history: list, node: Node, out_dir: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from wrapperdist.plots import training_curves
-
     memory = MemorySink()
     memory.metrics = [(step, m) for step, m in history]
-    fig = training_curves(memory, node.name)
+    fig = training_curves(memory, node.name, setting_for(node.config).eval_metrics)
     fig.savefig(out_dir / "curves.png", dpi=100)
     plt.close(fig)
-

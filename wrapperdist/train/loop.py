@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wrapperdist.config import OptimConfig
-from wrapperdist.sink import Sink, is_evaluation
+from wrapperdist.sink import Sink
 from wrapperdist.train.checkpoint import save_checkpoint
 from wrapperdist.train.schedule import warmup_cosine
 
@@ -103,7 +103,7 @@ def train(
             sink.log_metrics({"train_loss": loss.item(), "lr": lr}, done)
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             run_eval(done)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if is_evaluation({k: v})}, refresh=False)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
             model.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             write_checkpoint(done)

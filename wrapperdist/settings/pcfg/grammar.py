@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TERMINALS: tuple[str, ...] = ("a", "b", "c")
+from wrapperdist.settings.pcfg.names import TERMINALS
+
 EMPTY = -1  # padding inside the symbol arrays
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wrapperdist.stories.records import StoryRecord, normalize_feature
+from wrapperdist.settings.stories.records import StoryRecord, normalize_feature
 
 SEPARATOR = "<|endoftext|>"
 CHUNK_CHARS = 1 << 16

@@ -1,4 +1,4 @@
-"""`wrapperdist generate`: load a stories-setting checkpoint (file, run folder or MLflow run) and
+"""`wrapperdist generate`: load a stories-setting checkpoint and
 sample continuations of a prompt, with the detector's verdict on each."""
 
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrapperdist.stories.generator import detect_features
-from wrapperdist.stories.lm import sample
-from wrapperdist.stories.records import normalize_feature
-from wrapperdist.stories.stages import tokenizer_of
-from wrapperdist.stories.tokenizer import BOS, EOS, special_id
+from wrapperdist.models import load_model
+from wrapperdist.settings.stories.generator import detect_features
+from wrapperdist.settings.stories.lm import sample
+from wrapperdist.settings.stories.records import normalize_feature
+from wrapperdist.settings.stories.setting import tokenizer_of
+from wrapperdist.settings.stories.tokenizer import BOS, EOS, special_id
 
 
 @dataclass
@@ -29,31 +30,8 @@ def build_prompt(prompt: str, features: list[str] | None = None) -> str:
     return text
 
 
-def resolve_checkpoint(ref: str, work: Path) -> Path:
-    """A checkpoint file, a folder with model.pt, or an MLflow run id whose run (or a fine-tune /
-    pretrain child) logged checkpoint/model.pt."""
-    path = Path(ref)
-    if path.is_file():
-        return path
-    if path.is_dir() and (path / "model.pt").is_file():
-        return path / "model.pt"
-    from wrapperdist.tracking import STAGE_TAG, Tracker
-
-    tracker = Tracker("wrapperdist")
-    try:
-        run = tracker.client.get_run(ref)
-    except Exception as exc:  # MLflow raises several types for an unknown id
-        raise ValueError(f"{ref!r}: neither a checkpoint, a folder with model.pt, nor an MLflow run ({exc})") from None
-    stage = run.data.tags.get(STAGE_TAG)
-    if stage in ("pretrain", "finetune", "reft"):
-        return tracker.stage_checkpoint(ref, stage, work)
-    return tracker.stage_checkpoint(ref, "finetune", work)
-
-
 def generate_samples(checkpoint: Path, prompt: str, samples: int = 4, max_new_tokens: int = 200,
                      temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[Sample]:
-    from wrapperdist.stages import load_model
-
     model, meta = load_model(checkpoint)
     tokenizer = tokenizer_of(meta)
     ids = [special_id(tokenizer, BOS), *tokenizer.encode(prompt, add_special_tokens=False).ids]

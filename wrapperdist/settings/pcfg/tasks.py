@@ -15,20 +15,10 @@ follow the paper's names):
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import numpy as np
 
-from wrapperdist.data.grammar import EMPTY, TERMINALS
-
-
-class Family(StrEnum):
-    counter = "counter"
-    count_composition = "count_composition"
-    index_of_occurrence = "index_of_occurrence"
-    index_of_composition = "index_of_composition"
-    token_at_index = "token_at_index"
-
+from wrapperdist.settings.pcfg.grammar import EMPTY
+from wrapperdist.settings.pcfg.names import TERMINALS, Family
 
 NO_ANSWER = -1  # integer label meaning "does not occur"; encoded as the NONE token
 

@@ -12,12 +12,12 @@ import torch
 from matplotlib.figure import Figure
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.mech import mlp_unit_change, relative_change, steps_to_reach, train_probe
-from wrapperdist.mech.probing import residual_names
-from wrapperdist.models import GPT
+from wrapperdist.mech import mlp_unit_change, relative_change, steps_to_reach, train_probe, weight_change_markdown
+from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import probe_figure, reft_figure, weight_change_figure
-from wrapperdist.sink import PrefixSink, Sink
-from wrapperdist.stories.lm import (
+from wrapperdist.setting import AnalysisModels, Runtime, Setting
+from wrapperdist.settings.stories.config import StoriesSection
+from wrapperdist.settings.stories.lm import (
     build_corpus,
     build_tokenizer,
     encode,
@@ -26,8 +26,10 @@ from wrapperdist.stories.lm import (
     generations,
     make_story_evaluator,
 )
-from wrapperdist.stories.records import normalize_feature
-from wrapperdist.stories.tokenizer import PAD, special_id
+from wrapperdist.settings.stories.records import normalize_feature
+from wrapperdist.settings.stories.tokenizer import PAD, special_id
+from wrapperdist.sink import PrefixSink, Sink
+from wrapperdist.stages import run_reft
 
 LAST_POSITIONS = 10  # the paper's probe reads the mean residual over the story's last 10 tokens
 
@@ -65,6 +67,10 @@ class StoriesAnalysisOutput:
     figures: dict[str, Figure] = field(default_factory=dict)
     reft_final: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        return self.verdict.label
+
     def summary_metrics(self) -> dict[str, float]:
         e, v = self.evidence, self.verdict
         metrics = {f"evidence.{k}": float(x) for k, x in asdict(e).items() if x is not None}
@@ -80,10 +86,11 @@ class StoriesAnalysisOutput:
 
 
 @torch.no_grad()
-def story_features(model: GPT, tokens: torch.Tensor, pad_id: int, batch_size: int = 64) -> dict[str, torch.Tensor]:
+def story_features(model: HookedModule, tokens: torch.Tensor, pad_id: int,
+                   batch_size: int = 64) -> dict[str, torch.Tensor]:
     """{layer: (N, d)} mean residual over each story's last LAST_POSITIONS real tokens."""
     model.eval()
-    names = residual_names(model)
+    names = model.residual_names()
     lengths = (tokens != pad_id).sum(1)
     out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for i in range(0, len(tokens), batch_size):
@@ -97,11 +104,11 @@ def story_features(model: GPT, tokens: torch.Tensor, pad_id: int, batch_size: in
     return {n: torch.cat(v) for n, v in out.items()}
 
 
-def probe_feature(models: dict[str, GPT], cfg: ExperimentConfig, tokenizer) -> tuple[dict, float]:
+def probe_feature(models: dict[str, HookedModule], s: StoriesSection, cfg: ExperimentConfig,
+                  tokenizer) -> tuple[dict, float]:
     """Per model and layer: held-out accuracy of a linear probe for "this story has the feature",
     on the story text alone (the instructions stripped, as in the paper's probe)."""
-    s, pr = cfg.stories, cfg.analysis.probe
-    assert s is not None
+    pr = cfg.analysis.probe
     corpus = build_corpus(s)
     records = [*corpus.eval, *corpus.finetune][: pr.samples]
     feature = normalize_feature(s.feature)
@@ -117,10 +124,11 @@ def probe_feature(models: dict[str, GPT], cfg: ExperimentConfig, tokenizer) -> t
     return results, majority
 
 
-def analyze_stories(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, control: GPT,
-                    sink: Sink) -> StoriesAnalysisOutput:
-    s, a = cfg.stories, cfg.analysis
-    assert s is not None
+def analyze_stories(setting: Setting, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
+                    runtime: Runtime) -> StoriesAnalysisOutput:
+    s, a = StoriesSection.of(cfg), cfg.analysis
+    runtime.apply()
+    pretrained, finetuned, control = models.pretrained, models.finetuned, models.control
     tokenizer = build_tokenizer(s)
     corpus = build_corpus(s)
     feature = normalize_feature(s.feature)
@@ -139,26 +147,23 @@ def analyze_stories(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, cont
     figures["weights"] = weight_change_figure(changes, f"where deletion fine-tuning changed the weights ({cfg.name})")
 
     # reFT on stories with the feature: the fine-tuned model vs the control that never had it
-    from wrapperdist.analyze import weight_change_section
-    from wrapperdist.stages import random_like, run_reft
-
     target = a.verdict.reft_threshold * rates["pretrained"]["twist_rate"]
     reft_model = copy.deepcopy(finetuned)
     curves = {
-        f"fine-tuned → reFT (lr {a.reft.lr:g})": run_reft(cfg, reft_model, a.reft.lr,
-                                                         PrefixSink(sink, "reft.finetuned."), "reFT fine-tuned",
-                                                         tokenizer=tokenizer, evaluate=evaluate),
-        f"Not in PT control (lr {a.reft.lr:g})": run_reft(cfg, copy.deepcopy(control), a.reft.lr,
-                                                          PrefixSink(sink, "reft.control."), "reFT control",
-                                                          tokenizer=tokenizer, evaluate=evaluate),
+        f"fine-tuned → reFT (lr {a.reft.lr:g})": run_reft(setting, cfg, reft_model, a.reft.lr,
+                                                         PrefixSink(sink, "reft.finetuned."), runtime,
+                                                         evaluate=evaluate, desc="reFT fine-tuned"),
+        f"Not in PT control (lr {a.reft.lr:g})": run_reft(setting, cfg, copy.deepcopy(control), a.reft.lr,
+                                                          PrefixSink(sink, "reft.control."), runtime,
+                                                          evaluate=evaluate, desc="reFT control"),
     }
     ylabel = f"share of generations with {feature} (prompted for it)"
     figures["reft"] = reft_figure(curves, target, f"reverse fine-tuning on {feature} stories ({cfg.name})", ylabel)
     steps = [steps_to_reach(c, target) for c in curves.values()]
 
-    models = {"pretrained": pretrained, "fine-tuned": finetuned, "reFT": reft_model, "Not in PT control": control,
+    probed = {"pretrained": pretrained, "fine-tuned": finetuned, "reFT": reft_model, "Not in PT control": control,
               "random init": random_like(pretrained, cfg.seed + 1)}
-    probes, majority = probe_feature(models, cfg, tokenizer)
+    probes, majority = probe_feature(probed, s, cfg, tokenizer)
     for name, per_layer in probes.items():
         for depth, acc in enumerate(per_layer.values()):
             sink.log_metrics({f"probe.{name}": acc}, depth)
@@ -174,7 +179,8 @@ def analyze_stories(cfg: ExperimentConfig, pretrained: GPT, finetuned: GPT, cont
     )
     verdict = judge_stories(evidence, a.verdict.probe_margin, a.verdict.reft_speedup)
     top_units = mlp_unit_change(pretrained, finetuned)[:8]
-    report = render(cfg, evidence, verdict, rates, curves, probes, majority) + weight_change_section(changes, top_units)
+    report = render(cfg, s, evidence, verdict, rates, curves, probes, majority)
+    report += weight_change_markdown(changes, top_units)
     finals = [curve[-1][1] for curve in curves.values()]
     output = StoriesAnalysisOutput(evidence, verdict, report, figures, {"finetuned": finals[0], "control": finals[1]})
     sink.log_metrics(output.summary_metrics(), 0)
@@ -205,9 +211,8 @@ def judge_stories(e: StoriesEvidence, probe_margin: float, reft_speedup: float) 
     return StoriesVerdict(label, deleted, probe, faster, speedup)
 
 
-def render(cfg: ExperimentConfig, e: StoriesEvidence, v: StoriesVerdict, rates, curves, probes, majority) -> str:
-    s = cfg.stories
-    assert s is not None
+def render(cfg: ExperimentConfig, s: StoriesSection, e: StoriesEvidence, v: StoriesVerdict, rates, curves, probes,
+           majority) -> str:
     never = "not reached"
     layers = list(next(iter(probes.values())))
     lines = [

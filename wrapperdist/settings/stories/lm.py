@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from wrapperdist.config import StoriesConfig
-from wrapperdist.stories import transforms
-from wrapperdist.stories.generator import detect_features, generate
-from wrapperdist.stories.loader import LoadStats, read_stories
-from wrapperdist.stories.records import StoryRecord, normalize_feature, prompt_text, to_text
-from wrapperdist.stories.tokenizer import BOS, EOS, PAD, special_id, train_tokenizer
+from wrapperdist.models.hooks import HookedModule
+from wrapperdist.settings.stories import transforms
+from wrapperdist.settings.stories.config import StoriesSection
+from wrapperdist.settings.stories.generator import detect_features, generate
+from wrapperdist.settings.stories.loader import LoadStats, read_stories
+from wrapperdist.settings.stories.records import StoryRecord, normalize_feature, prompt_text, to_text
+from wrapperdist.settings.stories.tokenizer import BOS, EOS, PAD, special_id, train_tokenizer
 
 IGNORE = -100  # target of padding positions: no loss
 
@@ -34,14 +35,14 @@ class StoryCorpus:
     eval: tuple[StoryRecord, ...]
 
 
-def _key(s: StoriesConfig) -> str:
+def _key(s: StoriesSection) -> str:
     return json.dumps(s.model_dump(mode="json", include={"path", "format", "stories", "corpus_seed",
                                                          "pretrain_share", "eval_stories", "vocab_size"}))
 
 
 @lru_cache(maxsize=4)
 def _corpus(key: str) -> StoryCorpus:
-    s = StoriesConfig.model_validate(json.loads(key))
+    s = StoriesSection.model_validate(json.loads(key))
     wanted = s.stories + s.eval_stories
     if s.path is None:
         records = list(generate(wanted, s.corpus_seed))
@@ -58,17 +59,17 @@ def _corpus(key: str) -> StoryCorpus:
     return StoryCorpus(tuple(rest[:cut]), tuple(rest[cut:]), tuple(held_out))
 
 
-def build_corpus(s: StoriesConfig) -> StoryCorpus:
+def build_corpus(s: StoriesSection) -> StoryCorpus:
     return _corpus(_key(s))
 
 
 @lru_cache(maxsize=4)
 def _tokenizer(key: str) -> str:
-    s = StoriesConfig.model_validate(json.loads(key))
+    s = StoriesSection.model_validate(json.loads(key))
     return train_tokenizer((to_text(r) for r in _corpus(key).pretrain), s.vocab_size).to_str()
 
 
-def build_tokenizer(s: StoriesConfig) -> Tokenizer:
+def build_tokenizer(s: StoriesSection) -> Tokenizer:
     """Trained on the whole pretraining pool (deterministic), so the main model and its 'Not in PT'
     control share one vocabulary; it is saved inside every checkpoint."""
     return Tokenizer.from_str(_tokenizer(_key(s)))
@@ -93,7 +94,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> to
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
 
-def protocol_records(s: StoriesConfig, stage: str, corpus: StoryCorpus, seed: int) -> list[StoryRecord]:
+def protocol_records(s: StoriesSection, stage: str, corpus: StoryCorpus, seed: int) -> list[StoryRecord]:
     """The records a stage trains on: pretraining (all, or without the feature for the control),
     deletion fine-tuning (the configured protocol) or reFT (only stories with the feature)."""
     if stage == "pretrain":
@@ -115,12 +116,12 @@ def batch_stream(tokens: np.ndarray, targets: np.ndarray, batch_size: int, seed:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_id: int, temperature: float = 1.0,
+def sample(model: HookedModule, prompts: list[list[int]], max_new_tokens: int, eos_id: int, temperature: float = 1.0,
            top_k: int | None = None, seed: int = 0) -> list[list[int]]:
     """Continue each prompt (token ids) by sampling; stops at EOS or the model's context. Prompts of
     equal length are sampled as one batch (no padding: the GPT has no padding mask)."""
     model.eval()
-    context = model.shape.seq_len  # type: ignore[attr-defined]
+    context = model.shape.seq_len
     gen = torch.Generator().manual_seed(seed)
     out: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = defaultdict(list)
@@ -145,7 +146,7 @@ def sample(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, eos_
     return out
 
 
-def feature_prompts(s: StoriesConfig, corpus: StoryCorpus, with_feature: bool = True) -> list[str]:
+def feature_prompts(s: StoriesSection, corpus: StoryCorpus, with_feature: bool = True) -> list[str]:
     """Instruction prefixes (up to 'Story: ') of held-out stories whose Features line asks for the
     feature (or, with_feature=False, does not), `generation_prompts` of them."""
     feature = normalize_feature(s.feature)
@@ -155,7 +156,7 @@ def feature_prompts(s: StoriesConfig, corpus: StoryCorpus, with_feature: bool = 
     return [prompt_text(r) for r in chosen]
 
 
-def generations(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], s: StoriesConfig, seed: int) -> list[str]:
+def generations(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], s: StoriesSection, seed: int) -> list[str]:
     bos, eos = special_id(tokenizer, BOS), special_id(tokenizer, EOS)
     ids = [[bos, *tokenizer.encode(p, add_special_tokens=False).ids] for p in prompts]
     return [tokenizer.decode(out) for out in sample(model, ids, s.max_new_tokens, eos, s.temperature, s.top_k, seed)]
@@ -181,7 +182,7 @@ def mean_loss(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, bat
     return total / max(count, 1)
 
 
-def make_story_evaluator(s: StoriesConfig, tokenizer: Tokenizer, corpus: StoryCorpus, seed: int = 0):
+def make_story_evaluator(s: StoriesSection, tokenizer: Tokenizer, corpus: StoryCorpus, seed: int = 0):
     """loss_twist / loss_plain: held-out LM loss on stories with / without the feature (the paper's
     Fig. 11 losses); twist_rate: share of generations, prompted with the feature, that have it.
     (Named after the default feature; `feature` sets which.)"""

@@ -10,7 +10,7 @@ token (ties carry the same token, so the average is still one-hot). Three blocks
 
 from __future__ import annotations
 
-from wrapperdist.tracr.tasks import TracrTarget
+from wrapperdist.settings.tracr.tasks import TracrTarget
 
 
 def _rasp():

@@ -58,11 +58,6 @@ class TracrVocab:
         """Largest answer class (probes size their output layer from it, as for the PCFG vocab)."""
         return len(self.answers) - 1
 
-    @property
-    def number_offset(self) -> int:
-        """Answer class of the count 0 (answers here are class indices already; PCFG answers are ids)."""
-        return 0
-
     def decode(self, token_id: int) -> str:
         return next(t for t, i in self.token_ids.items() if i == token_id)
 
@@ -96,12 +91,8 @@ class TracrTasks:
             out[row, self.seq_len - len(ids):] = ids
         return out
 
-    def task_batch(self, n: int, rng: np.random.Generator, task: TracrTarget, spurious_fraction: float = 0.0,
-                   partner: TracrTarget | None = None, offset: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens (n, seq_len), answer class (n,)). The signature matches the PCFG sampler's; the
-        Tracr setting has no spurious-correlation construction, so a positive share is an error."""
-        if spurious_fraction > 0:
-            raise ValueError("the Tracr setting has no spurious correlation: finetune.spurious_fraction must be 0")
+    def task_batch(self, n: int, rng: np.random.Generator, task: TracrTarget) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens (n, seq_len), answer class (n,)) for random sequences."""
         sequences = self.sample(n, rng)
         answers = [self._answer_index[reference_answer(task, s, self.tokens)] for s in sequences]
         return self.encode(sequences), np.array(answers, dtype=np.int64)

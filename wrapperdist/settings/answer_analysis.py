@@ -1,17 +1,18 @@
-"""The analysis stage: pruning, probing, attention maps and reFT on a fine-tuned model, the wrapper
-verdict, and a Markdown report. Pure over (config, models); reports through a sink."""
+"""The analysis of a fine-tune in a setting whose examples are (tokens, answer): pruning, probing,
+attention maps and reFT against the setting's control, the wrapper verdict, and a Markdown report.
+Pure over (config, models); reports through a sink. The setting supplies data through its tasks."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.data import TERMINALS
 from wrapperdist.mech import (
     Evidence,
     Verdict,
@@ -28,45 +29,19 @@ from wrapperdist.mech import (
     relative_change,
     removal_curve,
     steps_to_reach,
+    weight_change_markdown,
 )
+from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure, weight_change_figure
+from wrapperdist.setting import AnalysisModels, Evaluator, Runtime
 from wrapperdist.sink import PrefixSink, Sink
-from wrapperdist.stages import (
-    Model,
-    Tasks,
-    build_tasks,
-    capability_batches,
-    describe_tasks,
-    eval_sets,
-    ft_task,
-    make_evaluator,
-    pt_task,
-    random_like,
-    run_reft,
-    set_threads,
-)
+from wrapperdist.stages import run_reft
+
+if TYPE_CHECKING:
+    from wrapperdist.settings.answer import AnswerSetting, AnswerTasks
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
-
-
-def control_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Scr.+FT control: the same pretraining with O_FT in O_PT's place (their prior masses swapped),
-    so the model is strong at counting O_FT and never had a strong O_PT counter. In the Tracr
-    setting: the program compiled for the fine-tuning target instead; in the stories setting the
-    paper's "Not in PT" model, pretrained with the feature's stories filtered out."""
-    if cfg.stories is not None:
-        stories = cfg.stories.model_copy(update={"pretrain_without_feature": True})
-        return cfg.model_copy(update={"name": f"{cfg.name}-not-in-pt", "stories": stories})
-    if cfg.tracr is not None:
-        swapped = cfg.tracr.model_copy(update={"pretrain_target": cfg.tracr.finetune_target,
-                                               "finetune_target": cfg.tracr.pretrain_target})
-        return cfg.model_copy(update={"name": f"{cfg.name}-scr-control", "tracr": swapped})
-    prior = list(cfg.pretrain.data.prior_vector())
-    i, j = TERMINALS.index(cfg.pretrain.capability.operand), TERMINALS.index(cfg.finetune.task.operand)
-    prior[i], prior[j] = prior[j], prior[i]
-    data = cfg.pretrain.data.model_copy(update={"prior": dict(zip(TERMINALS, prior, strict=True))})
-    return cfg.model_copy(update={"name": f"{cfg.name}-scr-control",
-                                  "pretrain": cfg.pretrain.model_copy(update={"data": data})})
+REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
 
 
 @dataclass
@@ -76,6 +51,10 @@ class AnalysisOutput:
     report: str
     figures: dict[str, Figure] = field(default_factory=dict)
     reft_final_pt_acc: dict[str, float] = field(default_factory=dict)  # model -> pt_acc at the end of reFT
+
+    @property
+    def label(self) -> str:
+        return self.verdict.label
 
     def summary_metrics(self) -> dict[str, float]:
         """One number per line of evidence, logged on the analysis run so the MLflow compare view and
@@ -104,15 +83,16 @@ def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
 
 
-def _pruning(cfg, tasks: Tasks, model: Model, evaluate, sink: Sink):
+def _pruning(setting: AnswerSetting, cfg: ExperimentConfig, tasks: AnswerTasks, model: HookedModule,
+             evaluate: Evaluator, sink: Sink):
     p = cfg.analysis.prune
     rng = np.random.default_rng(ANALYSIS_SEED)
-    tokens, answers = _as_tensors(tasks.task_batch(p.score_samples, rng, pt_task(cfg)))
+    tokens, answers = _as_tensors(tasks.batch("capability", p.score_samples, rng))
     paper = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
     randoms = [removal_curve(model, random_ranking(model, seed), p.ks, evaluate) for seed in range(p.random_controls)]
     random_mean = [(pt.k, {key: float(np.mean([r[i].metrics[key] for r in randoms])) for key in pt.metrics})
                    for i, pt in enumerate(randoms[0])]
-    batches = (_as_tensors(b) for b in capability_batches(cfg, tasks, p.learned_batch_size, stream_id=1))
+    batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
     learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
     learned_curve = removal_curve(model, learned.ranking, p.ks, evaluate)
     curves = {
@@ -128,19 +108,19 @@ def _pruning(cfg, tasks: Tasks, model: Model, evaluate, sink: Sink):
     return curves, learned
 
 
-def _probing(cfg, tasks: Tasks, models: dict[str, Model], sink: Sink):
+def _probing(cfg: ExperimentConfig, tasks: AnswerTasks, models: dict[str, HookedModule], sink: Sink):
     pr = cfg.analysis.probe
     rng = np.random.default_rng(ANALYSIS_SEED + 1)
-    n_classes = tasks.vocab.max_number + 1
+    n_classes, offset = tasks.answer_classes()
     results: dict[str, dict[str, dict[str, float]]] = {}
     floors: dict[str, float] = {}
-    for target_name, task in (("pretraining target (count O_PT)", pt_task(cfg)),
-                              ("fine-tuning target (count O_FT)", ft_task(cfg))):
-        tokens, answers = _as_tensors(tasks.task_batch(pr.samples, rng, task))
-        targets = answers - tasks.vocab.number_offset  # counts 0..max_len
+    for target_name, which in (("pretraining target (count O_PT)", "capability"),
+                               ("fine-tuning target (count O_FT)", "target")):
+        tokens, answers = _as_tensors(tasks.batch(which, pr.samples, rng))  # type: ignore[arg-type]
+        targets = answers - offset  # answer classes 0..n_classes-1
         floors[target_name] = majority_baseline(targets, pr.test_frac)
         results[target_name] = {}
-        key = "pt" if "O_PT" in target_name else "ft"
+        key = "pt" if which == "capability" else "ft"
         for model_name, model in models.items():
             per_layer = probe_layers(model, tokens, targets, n_classes, pr.test_frac, pr.steps, pr.lr)
             results[target_name][model_name] = {layer: r.test_acc for layer, r in per_layer.items()}
@@ -149,16 +129,43 @@ def _probing(cfg, tasks: Tasks, models: dict[str, Model], sink: Sink):
     return results, floors
 
 
-def analyze(cfg: ExperimentConfig, pretrained: Model, finetuned: Model, control: Model, sink: Sink) -> AnalysisOutput:
-    """Run all four analyses on `finetuned` (pretrained = its starting point, control = Scr.+FT)."""
-    set_threads(cfg)
-    if cfg.stories is not None:
-        from wrapperdist.stories.analysis import analyze_stories
+def _reft_curves(setting: AnswerSetting, cfg: ExperimentConfig, reft_model: HookedModule, control: HookedModule,
+                 random_init: HookedModule, evaluate: Evaluator, sink: Sink,
+                 runtime: Runtime) -> dict[str, list[tuple[int, float]]]:
+    """reFT of the fine-tuned model (in place) vs the control at the same LR and at a higher one, and a
+    random init; keys are the curves' labels, in the order of `REFT_KEYS`."""
+    lr, multiplier = cfg.analysis.reft.lr, cfg.analysis.reft.control_lr_multiplier
+    runs = ((f"fine-tuned → reFT (lr {lr:g})", reft_model, lr, "reFT fine-tuned"),
+            (f"Scr.+FT control (lr {lr:g})", copy.deepcopy(control), lr, "reFT control"),
+            (f"Scr.+FT control (lr {lr * multiplier:g})", copy.deepcopy(control), lr * multiplier,
+             "reFT control, high lr"),
+            (f"random init (lr {lr:g})", copy.deepcopy(random_init), lr, "reFT random init"))
+    return {label: run_reft(setting, cfg, model, rate, PrefixSink(sink, f"reft.{key}."), runtime, evaluate=evaluate,
+                            desc=desc)
+            for key, (label, model, rate, desc) in zip(REFT_KEYS, runs, strict=True)}
 
-        return analyze_stories(cfg, pretrained, finetuned, control, sink)  # type: ignore[return-value,arg-type]
-    tasks = build_tasks(cfg)
-    sets = eval_sets(cfg, tasks)
-    evaluate = make_evaluator({k: sets[k] for k in ("pt_acc", "ft_acc")})
+
+def _attention(cfg: ExperimentConfig, tasks: AnswerTasks, models: AnalysisModels, sink: Sink):
+    rng = np.random.default_rng(ANALYSIS_SEED + 2)
+    prompts = torch.from_numpy(tasks.batch("capability", cfg.analysis.attention_prompts, rng)[0])
+    before, after = attention_patterns(models.pretrained, prompts), attention_patterns(models.finetuned, prompts)
+    shift = pattern_shift(before, after)
+    for layer, row in enumerate(shift.tolist()):
+        sink.log_metrics({f"attention.shift.h{h}": x for h, x in enumerate(row)}, layer)
+    labels = [tasks.decode(int(t)) for t in prompts[0]]
+    figure = attention_figure(before[:, 0].numpy(), after[:, 0].numpy(), labels,
+                              f"attention, pretrained vs fine-tuned ({cfg.name})")
+    return shift, figure
+
+
+def analyze_answers(setting: AnswerSetting, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
+                    runtime: Runtime) -> AnalysisOutput:
+    """Run all four analyses on the fine-tuned model (pretrained = its starting point, control = the
+    setting's Scr.+FT control)."""
+    runtime.apply()
+    tasks = setting.tasks(cfg)
+    evaluate = setting.evaluator(cfg, ("pt_acc", "ft_acc"))
+    pretrained, finetuned = models.pretrained, models.finetuned
     a, v = cfg.analysis, cfg.analysis.verdict
     figures: dict[str, Figure] = {}
     base = evaluate(finetuned)
@@ -168,74 +175,44 @@ def analyze(cfg: ExperimentConfig, pretrained: Model, finetuned: Model, control:
     top_units = mlp_unit_change(pretrained, finetuned)[:8]
     figures["weights"] = weight_change_figure(changes, f"where fine-tuning changed the weights ({cfg.name})")
 
-    curves, learned = _pruning(cfg, tasks, finetuned, evaluate, sink)
+    curves, learned = _pruning(setting, cfg, tasks, finetuned, evaluate, sink)
     figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})")
 
-    lr = a.reft.lr
     random_init = random_like(pretrained, cfg.seed + 1)
     reft_model = copy.deepcopy(finetuned)
-    reft_curves = {
-        f"fine-tuned → reFT (lr {lr:g})": run_reft(cfg, reft_model, lr, PrefixSink(sink, "reft.finetuned."),
-                                                   "reFT fine-tuned", sets=sets),
-        f"Scr.+FT control (lr {lr:g})": run_reft(cfg, copy.deepcopy(control), lr,
-                                                 PrefixSink(sink, "reft.control."), "reFT control", sets=sets),
-        f"Scr.+FT control (lr {lr * a.reft.control_lr_multiplier:g})": run_reft(
-            cfg, copy.deepcopy(control), lr * a.reft.control_lr_multiplier,
-            PrefixSink(sink, "reft.control_high_lr."), "reFT control, high lr", sets=sets),
-        f"random init (lr {lr:g})": run_reft(cfg, copy.deepcopy(random_init), lr,
-                                             PrefixSink(sink, "reft.random_init."), "reFT random init", sets=sets),
-    }
+    reft_curves = _reft_curves(setting, cfg, reft_model, models.control, random_init, evaluate, sink, runtime)
     figures["reft"] = reft_figure(reft_curves, v.reft_threshold, f"reverse fine-tuning ({cfg.name})")
     reft_steps = {label: steps_to_reach(curve, v.reft_threshold) for label, curve in reft_curves.items()}
 
-    models = {"pretrained": pretrained, "fine-tuned": finetuned, "reFT": reft_model, "random init": random_init}
-    probes, floors = _probing(cfg, tasks, models, sink)
+    probed = {"pretrained": pretrained, "fine-tuned": finetuned, "reFT": reft_model, "random init": random_init}
+    probes, floors = _probing(cfg, tasks, probed, sink)
     figures["probes"] = probe_figure(probes, floors, f"linear probes per layer ({cfg.name})")
-
-    prompts = torch.from_numpy(tasks.task_batch(a.attention_prompts, np.random.default_rng(ANALYSIS_SEED + 2),
-                                                pt_task(cfg))[0])
-    before, after = attention_patterns(pretrained, prompts), attention_patterns(finetuned, prompts)
-    shift = pattern_shift(before, after)
-    for layer, row in enumerate(shift.tolist()):
-        sink.log_metrics({f"attention.shift.h{h}": x for h, x in enumerate(row)}, layer)
-    labels = [tasks.vocab.decode(int(t)) for t in prompts[0]]
-    figures["attention"] = attention_figure(before[:, 0].numpy(), after[:, 0].numpy(), labels,
-                                            f"attention, pretrained vs fine-tuned ({cfg.name})")
+    shift, figures["attention"] = _attention(cfg, tasks, models, sink)
 
     paper_curve = curves["grad x weight (paper)"]
     gains = [(m["pt_acc"] - paper_curve[0][1]["pt_acc"], k) for k, m in paper_curve if k <= v.prune_max_k]
     best_gain, best_k = max(gains) if gains else (0.0, 0)
     pt_target = "pretraining target (count O_PT)"
-    labels_list = list(reft_curves)
+    steps = list(reft_steps.values())
     evidence = Evidence(
         pt_acc_finetuned=base["pt_acc"], prune_best_gain=best_gain, prune_best_k=best_k,
         probe_finetuned=max(probes[pt_target]["fine-tuned"].values()),
         probe_random_init=max(probes[pt_target]["random init"].values()),
         probe_pretrained=max(probes[pt_target]["pretrained"].values()),
-        reft_steps_finetuned=reft_steps[labels_list[0]], reft_steps_control=reft_steps[labels_list[1]],
-        reft_budget=a.reft.steps,
+        reft_steps_finetuned=steps[0], reft_steps_control=steps[1], reft_budget=a.reft.steps,
     )
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
-    report = render_report(cfg, evidence, verdict, curves, probes, floors, reft_steps, shift, len(learned.removed))
-    report += weight_change_section(changes, top_units)
-    reft_final = {key: curve[-1][1] for key, curve in zip(("finetuned", "control", "control_high_lr", "random_init"),
-                                                           reft_curves.values(), strict=True)}
+    report = render_report(setting.describe(cfg), cfg, evidence, verdict, curves, probes, floors, reft_steps, shift,
+                           len(learned.removed))
+    report += weight_change_markdown(changes, top_units)
+    reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=True)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
     sink.log_metrics(output.summary_metrics(), 0)
     return output
 
 
-def weight_change_section(changes: dict[str, float], top_units: list[tuple[int, int, float]]) -> str:
-    ranked = sorted(changes.items(), key=lambda kv: -kv[1])
-    lines = ["", "## Where fine-tuning changed the weights (relative Frobenius change; figure weights.png)", "",
-             "| parameter | change |", "|---|---|", *(f"| {n} | {x:.4f} |" for n, x in ranked[:10]), "",
-             "MLP units that moved most (layer, unit: ‖Δ in‖ + ‖Δ out‖): "
-             + ", ".join(f"{layer}.{unit}: {x:.3f}" for layer, unit, x in top_units), ""]
-    return "\n".join(lines)
-
-
-def render_report(cfg, e: Evidence, verdict: Verdict, curves, probes, floors, reft_steps, shift,
-                  learned_removed: int) -> str:
+def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: Verdict, curves, probes, floors,
+                  reft_steps, shift, learned_removed: int) -> str:
     v = cfg.analysis.verdict
 
     def yes(flag: bool) -> str:
@@ -247,7 +224,7 @@ def render_report(cfg, e: Evidence, verdict: Verdict, curves, probes, floors, re
         f"**Verdict: {verdict.label}** (pruning revives: {yes(verdict.pruning_revives)}, probe decodes: "
         f"{yes(verdict.probe_decodes)}, reFT faster than Scr.+FT: {yes(verdict.reft_faster)})",
         "",
-        f"Fine-tuned at lr {cfg.finetune.optim.lr:g} for {cfg.finetune.optim.steps} steps: {describe_tasks(cfg)}. "
+        f"Fine-tuned at lr {cfg.finetune.optim.lr:g} for {cfg.finetune.optim.steps} steps: {described}. "
         f"Pretraining-task accuracy of the fine-tuned model: {e.pt_acc_finetuned:.3f}.",
         "",
         "## Thresholds",

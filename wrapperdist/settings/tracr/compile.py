@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from wrapperdist.models.tracr_model import TracrShape, TracrTransformer
-from wrapperdist.tracr.programs import make_program
-from wrapperdist.tracr.tasks import BOS, PAD, TracrTarget, TracrVocab, tracr_vocab
+from wrapperdist.settings.tracr.programs import make_program
+from wrapperdist.settings.tracr.tasks import BOS, PAD, TracrTarget, TracrVocab, tracr_vocab
 
 _COMPILER_PAD = "compiler_pad"  # Tracr's own name for the padding token
 

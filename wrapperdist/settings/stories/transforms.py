@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from wrapperdist.stories.records import StoryRecord, normalize_feature
+from wrapperdist.settings.stories.records import StoryRecord, normalize_feature
 
 Transform = Callable[[StoryRecord, np.random.Generator], StoryRecord | None]
 

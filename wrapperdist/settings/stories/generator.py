@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wrapperdist.stories.records import FEATURES, StoryRecord
+from wrapperdist.settings.stories.records import FEATURES, StoryRecord
 
 NAMES = ("Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Sam", "Lucy", "Tim", "Zoe", "Jack")
 KINDS = ("girl", "boy", "cat", "dog", "bird", "bunny", "bear", "frog")
@@ -109,8 +109,8 @@ def generate(n: int, seed: int, spec: CorpusSpec = CorpusSpec()) -> Iterator[Sto
 
 def write_instruct_file(path, records) -> int:
     """Write records in the TinyStories-Instruct text format (what `read_instruct` parses)."""
-    from wrapperdist.stories.loader import SEPARATOR
-    from wrapperdist.stories.records import to_text
+    from wrapperdist.settings.stories.loader import SEPARATOR
+    from wrapperdist.settings.stories.records import to_text
 
     count = 0
     with open(path, "w", encoding="utf-8") as handle:

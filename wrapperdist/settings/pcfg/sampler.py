@@ -3,13 +3,13 @@ and single-task fine-tuning sets with an optional planted spurious correlation."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from wrapperdist.data.grammar import EMPTY, TERMINALS, Grammar, sample_strings
-from wrapperdist.data.tasks import NO_ANSWER, Family, Vocab, encode, labels, terminal_index
+from wrapperdist.settings.pcfg.grammar import EMPTY, TERMINALS, Grammar, sample_strings
+from wrapperdist.settings.pcfg.tasks import NO_ANSWER, Family, Vocab, encode, labels, terminal_index
 
 Batch = tuple[np.ndarray, np.ndarray]  # (tokens (n, T) int64, answer tokens (n,) int64)
 
@@ -127,10 +127,3 @@ class PCFGTasks:
         families = np.full(n, self.vocab.families.index(task.family), dtype=np.int64)
         return encode(self.vocab, families, operands, strings, lengths, answers, self.max_len)
 
-
-def stream(make_batch, seed: int | tuple[int, ...]) -> Iterator[Batch]:
-    """An endless, seeded stream of batches: `make_batch(rng)` is called once per batch. A tuple
-    seed (experiment seed, stage, worker rank) gives independent streams per stage and worker."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield make_batch(rng)

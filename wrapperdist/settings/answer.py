@@ -1,0 +1,132 @@
+"""The shared half of settings whose examples are (tokens, answer), the answer predicted at the last
+position (PCFG, Tracr, and any task of that shape): training streams, held-out accuracy, the answer
+loss, and the analysis. A subclass says how to make its data (`tasks`) and its model; everything
+else here is the same for all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from wrapperdist.config import ExperimentConfig
+from wrapperdist.identity import default_finetune_identity, default_pretrain_identity
+from wrapperdist.setting import (
+    AnalysisModels,
+    AnalysisResult,
+    Batch,
+    DataStage,
+    EvalMetric,
+    Evaluator,
+    Runtime,
+    StageKind,
+)
+from wrapperdist.settings.answer_analysis import analyze_answers
+from wrapperdist.sink import Sink
+from wrapperdist.train import answer_accuracy, loss_on_batch
+from wrapperdist.train.distributed import IN_PROCESS, Distributed
+
+# capability: the pretraining capability (O_PT) alone; target: the fine-tuning task on unbiased data
+# (C_Te = 0); finetune: the fine-tuning distribution (with the setting's planted correlation, C_Tr);
+# pretrain: the pretraining distribution.
+Which = Literal["capability", "target", "finetune", "pretrain"]
+STREAMS = {"pretrain": 1, "finetune": 2, "reft": 3}  # distinct seed streams per stage
+TRAINING_DATA: dict[DataStage, Which] = {"pretrain": "pretrain", "finetune": "finetune", "reft": "capability"}
+
+
+class AnswerTasks(Protocol):
+    """A setting's data, built once per stream or evaluation."""
+
+    def batch(self, which: Which, n: int, rng: np.random.Generator) -> Batch: ...
+
+    def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
+        """The held-out sets, named as the setting's eval_metrics (at least pt_acc and ft_acc)."""
+        ...
+
+    def answer_classes(self) -> tuple[int, int]:
+        """(number of answer classes, token id of class 0): probes predict answer - offset."""
+        ...
+
+    def decode(self, token: int) -> str: ...
+
+
+def stream(make_batch, seed: tuple[int, ...]) -> Iterator[Batch]:
+    """An endless, seeded stream of batches: `make_batch(rng)` is called once per batch. The tuple
+    seed (experiment seed, stage, [stream,] worker rank) gives independent streams per stage and worker."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield make_batch(rng)
+
+
+class AnswerSetting:
+    """Implements the `Setting` protocol, less what a subclass supplies: `name`, `eval_metrics`,
+    `tasks`, `build_model`, `control_config`, `run_label`, `describe` and (optionally) `compile`,
+    `prepare_finetune`, the identities."""
+
+    name: str
+    eval_metrics: Mapping[str, EvalMetric]
+    revival_metric = "pt_acc"
+    reft_eval_keys: tuple[str, ...] | None = ("pt_acc", "ft_acc")
+    loss_fn = staticmethod(loss_on_batch)
+
+    def tasks(self, cfg: ExperimentConfig) -> AnswerTasks:
+        raise NotImplementedError
+
+    def compile(self, cfg: ExperimentConfig):
+        return None
+
+    def layout(self, cfg: ExperimentConfig) -> tuple[int, int]:
+        """(vocabulary size, context length) of this config's encoded examples."""
+        raise NotImplementedError
+
+    def prepare_finetune(self, cfg: ExperimentConfig, model: Any, source: str) -> None:
+        """The pretrained model must read this config's data: same vocabulary and context."""
+        vocab_size, seq_len = self.layout(cfg)
+        if (model.shape.vocab_size, model.shape.seq_len) != (vocab_size, seq_len):
+            raise ValueError(f"{source}: model has vocab {model.shape.vocab_size} / seq_len {model.shape.seq_len}, "
+                             f"but this config's data needs {vocab_size} / {seq_len} (max_len differs?)")
+
+    def build_model(self, cfg: ExperimentConfig) -> Any:
+        raise NotImplementedError
+
+    def batches(self, cfg: ExperimentConfig, stage: DataStage, batch_size: int, dist: Distributed = IN_PROCESS,
+                stream_id: int = 0) -> Iterator[Batch]:
+        tasks, n, which = self.tasks(cfg), dist.shard(batch_size), TRAINING_DATA[stage]
+        # reFT streams are numbered: the analysis draws a second one (stream 1) for the learned mask
+        numbered = (stream_id,) if stage == "reft" else ()
+        return stream(lambda rng: tasks.batch(which, n, rng), seed=(cfg.seed, STREAMS[stage], *numbered, dist.rank))
+
+    def eval_tensors(self, cfg: ExperimentConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed held-out sets, the same for every stage of an experiment."""
+        raw = self.tasks(cfg).eval_sets(cfg.eval.samples, np.random.default_rng(cfg.eval.seed))
+        return {k: (torch.from_numpy(t), torch.from_numpy(a)) for k, (t, a) in raw.items()}
+
+    def evaluator(self, cfg: ExperimentConfig, keys: tuple[str, ...] | None = None) -> Evaluator:
+        sets = self.eval_tensors(cfg)
+        if keys is not None:
+            sets = {k: sets[k] for k in keys}
+
+        def evaluate(model: torch.nn.Module) -> dict[str, float]:
+            return {name: answer_accuracy(model, tokens, answers) for name, (tokens, answers) in sets.items()}
+
+        return evaluate
+
+    def checkpoint_meta(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        return {}
+
+    def pretrain_identity(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        return default_pretrain_identity(cfg)
+
+    def finetune_identity(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        return default_finetune_identity(cfg)
+
+    def run_label(self, cfg: ExperimentConfig, kind: StageKind, role: str = "main") -> str:
+        raise NotImplementedError
+
+    def describe(self, cfg: ExperimentConfig) -> str:
+        raise NotImplementedError
+
+    def analyze(self, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink, runtime: Runtime) -> AnalysisResult:
+        return analyze_answers(self, cfg, models, sink, runtime)

@@ -1,0 +1,111 @@
+"""The PCFG setting's config section (`setting: {name: pcfg, ...}`): the grammar, the pretraining
+mixture and its sampling prior, the capability tracked through fine-tuning (O_PT) and the
+fine-tuning task (O_FT) with its planted spurious correlation.
+
+Paper values cited below are from Jain et al. 2023 (arXiv 2311.12786), App. B-D."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from wrapperdist.schema import Fraction, PositiveInt, SettingSection, Strict, register_section
+from wrapperdist.settings.pcfg.names import TERMINALS, Family
+
+Terminal = Literal["a", "b", "c"]
+
+# The paper's sampling priors over operands (a, b, c) = (O_PT, O_FT, other): its "low / medium /
+# high" are the 1st / 3rd / 5th of its five settings, i.e. mass 0.001 / 0.1 / 0.3 on O_FT = b.
+PRIORS: dict[str, tuple[float, float, float]] = {
+    "low": (0.999, 0.001, 0.0),
+    "medium": (0.9, 0.1, 0.0),
+    "high": (0.5, 0.3, 0.2),
+}
+
+
+class GrammarConfig(Strict):
+    """The PCFG (drawn from `seed`) and the string lengths kept from it."""
+
+    seed: int = Field(0, description="seed the grammar's rules are drawn from")
+    levels: Annotated[int, Field(ge=2)] = Field(4, description="non-terminal levels below the start symbol")
+    symbols_per_level: PositiveInt = Field(4, description="non-terminals per level")
+    rules_per_symbol: PositiveInt = Field(3, description="production rules per non-terminal")
+    rhs_len: tuple[PositiveInt, PositiveInt] = Field((1, 3), description="[min, max] symbols on a rule's right side")
+    terminal_rhs_len: tuple[PositiveInt, PositiveInt] = Field(
+        (1, 2), description="[min, max] terminals on a last-level rule's right side")
+    min_len: PositiveInt = Field(8, description="shortest string kept")
+    max_len: PositiveInt = Field(24, description="longest string kept")
+    index_k: PositiveInt = Field(3, description="k of the index-of-occurrence tasks (paper: 6)")
+
+    @field_validator("rhs_len", "terminal_rhs_len")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError(f"lower bound {v[0]} exceeds upper bound {v[1]}")
+        return v
+
+    @model_validator(mode="after")
+    def _length_range(self) -> GrammarConfig:
+        if self.min_len > self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) exceeds max_len ({self.max_len})")
+        return self
+
+
+class TaskConfig(Strict):
+    family: Family = Field(description="task family, e.g. counter")
+    operand: Terminal = Field(description="the terminal the task is about")
+
+    @field_validator("family")
+    @classmethod
+    def _has_terminal_operand(cls, v: Family) -> Family:
+        if v is Family.token_at_index:
+            raise ValueError("token_at_index takes a position operand and can only be part of the mixture")
+        return v
+
+
+@register_section
+class PCFGSection(SettingSection):
+    """The PCFG setting (paper Sec. 4): a model pretrained on a mixture of task families over PCFG
+    strings, under a sampling prior over operands, then fine-tuned on one task."""
+
+    name: Literal["pcfg"] = "pcfg"
+    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset"})
+
+    grammar: GrammarConfig = Field(default_factory=GrammarConfig, description="the grammar and string lengths")
+    families: dict[Family, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=lambda: {f: 1.0 for f in Family}, description="pretraining mixture: family -> weight")
+    prior: Literal["low", "medium", "high"] | dict[Terminal, Annotated[float, Field(ge=0.0)]] = Field(
+        "medium", description="sampling prior over operands: the paper's low/medium/high, or {a: p, b: p, c: p}")
+    capability: TaskConfig = Field(default=TaskConfig(family=Family.counter, operand="a"),
+                                   description="the pretraining capability tracked through fine-tuning (O_PT)")
+    task: TaskConfig = Field(default=TaskConfig(family=Family.counter, operand="b"),
+                             description="the fine-tuning task (O_FT)")
+    spurious_fraction: Fraction = Field(
+        0.0, description="C_Tr: share of fine-tuning examples with the planted relation")
+    spurious_offset: int = Field(1, description="the relation: answer(O_FT) = answer(O_PT) + offset")
+
+    @field_validator("families")
+    @classmethod
+    def _some_weight(cls, v: dict[Family, float]) -> dict[Family, float]:
+        if not v or sum(v.values()) <= 0:
+            raise ValueError("needs at least one family with a positive weight")
+        return v
+
+    @field_validator("prior")
+    @classmethod
+    def _sums_to_one(cls, v: Any) -> Any:
+        if isinstance(v, dict) and abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"prior must sum to 1, got {sum(v.values()):.6g}")
+        return v
+
+    @model_validator(mode="after")
+    def _tasks_differ(self) -> PCFGSection:
+        if self.task == self.capability:
+            raise ValueError("task equals capability; fine-tuning would change nothing")
+        return self
+
+    def prior_vector(self) -> tuple[float, ...]:
+        if isinstance(self.prior, str):
+            return PRIORS[self.prior]
+        return tuple(float(self.prior.get(t, 0.0)) for t in TERMINALS)
