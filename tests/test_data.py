@@ -1,12 +1,37 @@
 """PCFG strings are grammatical, labels match brute force, priors and spurious shares hold."""
 
+import functools
+
 import numpy as np
 import pytest
 
-from wrapperdist.settings.pcfg.grammar import EMPTY, derives, make_grammar, sample_strings
-from wrapperdist.settings.pcfg.names import Family
+from wrapperdist.settings.pcfg.grammar import EMPTY, Grammar, make_grammar, sample_strings
+from wrapperdist.settings.pcfg.names import TERMINALS, Family
 from wrapperdist.settings.pcfg.sampler import PCFGTasks, TaskSpec
 from wrapperdist.settings.pcfg.tasks import NO_ANSWER, Vocab, labels
+
+
+def derives(grammar: Grammar, string: tuple[int, ...]) -> bool:
+    """Whether the grammar derives `string` (terminal ids): a memoised top-down parser, independent
+    of the sampler, so the tests can check generated strings against the rules themselves."""
+
+    n_term = len(TERMINALS)
+
+    @functools.cache
+    def can(symbol: int, i: int, j: int) -> bool:
+        if symbol < n_term:
+            return j - i == 1 and string[i] == symbol
+        return any(split(body, i, j) for body, p in grammar.rules(symbol) if p > 0)
+
+    @functools.cache
+    def split(body: tuple[int, ...], i: int, j: int) -> bool:
+        if not body:
+            return i == j
+        head, rest = body[0], body[1:]
+        # every symbol derives at least one terminal, so leave room for the rest
+        return any(can(head, i, k) and split(rest, k, j) for k in range(i + 1, j - len(rest) + 1))
+
+    return can(grammar.start, 0, len(string))
 
 
 @pytest.fixture(scope="module")

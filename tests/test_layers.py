@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,18 +35,10 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def module_name(path: Path, root: Path = ROOT) -> str:
-    parts = path.relative_to(root).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def package_modules(package: Path = PACKAGE) -> dict[str, Path]:
-    return {module_name(p, package.parent): p for p in sorted(package.rglob("*.py"))}
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    """Module name -> file (a package by its __init__.py)."""
+    names = {p: p.relative_to(package.parent).with_suffix("").parts for p in sorted(package.rglob("*.py"))}
+    return {".".join(parts[:-1] if parts[-1] == "__init__" else parts): p for p, parts in names.items()}
 
 
 def imports_in(source: str, importer: str, is_package: bool, known: set[str], path: Path) -> list[Import]:
@@ -66,7 +59,8 @@ def imports_in(source: str, importer: str, is_package: bool, known: set[str], pa
                 target = candidate if alias.name != "*" and candidate in known else base
                 found.append(Import(importer, target, path, node.lineno, where))
         for child in ast.iter_child_nodes(node):
-            if isinstance(node, ast.If) and _is_type_checking(node.test) and child in node.body:
+            guard = getattr(node, "test", None) if isinstance(node, ast.If) else None
+            if getattr(guard, "id", getattr(guard, "attr", None)) == "TYPE_CHECKING" and child in node.body:
                 visit(child, "typing")
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
                 visit(child, "function" if where == "top" else where)
@@ -106,65 +100,34 @@ def internal_edges(imports: list[Import], known: set[str]) -> dict[str, dict[str
     return graph
 
 
-def strongly_connected(graph) -> list[list[str]]:
-    """The strongly connected components of `graph` (node -> successors) that hold a cycle."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def connect(v: str) -> None:  # Tarjan; the graphs are small, recursion is fine
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph.get(v, ()):
-            if w not in index:
-                connect(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            component = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                component.append(w)
-                if w == v:
-                    break
-            if len(component) > 1 or v in graph.get(v, ()):
-                components.append(component)
-
-    for v in sorted(graph):
-        if v not in index:
-            connect(v)
-    return [sorted(c) for c in components]
-
-
-def find_cycles(graph: dict[str, set[str]] | dict[str, dict[str, Import]]) -> list[list[str]]:
-    """One cycle (a closed path of nodes) per strongly connected component that has one."""
-    return [_cycle_in(c, graph) for c in strongly_connected(graph)]
-
-
-def _cycle_in(component: list[str], graph) -> list[str]:
-    """A closed path start -> ... -> start inside one strongly connected component (BFS)."""
-    members, start = set(component), component[0]
+def reached(graph, start: str) -> dict[str, str]:
+    """Every node reachable from `start` in one step or more -> its predecessor on a shortest path."""
     previous: dict[str, str] = {}
     frontier = [start]
     while frontier:
         nxt = []
         for v in frontier:
             for w in sorted(graph.get(v, ())):
-                if w == start:
-                    path = [v]
-                    while path[-1] != start:
-                        path.append(previous[path[-1]])
-                    return [*reversed(path), start]
-                if w in members and w not in previous:
+                if w not in previous:
                     previous[w] = v
                     nxt.append(w)
         frontier = nxt
-    raise AssertionError(f"{component} is not strongly connected")
+    return previous
+
+
+def find_cycles(graph: dict[str, set[str]] | dict[str, dict[str, Import]]) -> list[list[str]]:
+    """One shortest closed path per set of modules that reach each other (strongly connected)."""
+    cycles, covered = [], set()
+    for v in sorted(graph):
+        back = reached(graph, v)
+        if v in covered or v not in back:
+            continue
+        covered |= {w for w in back if v in reached(graph, w)}
+        path = [v]
+        while path[-1] != v or len(path) == 1:
+            path.append(back[path[-1]])
+        cycles.append(path[::-1])
+    return cycles
 
 
 def describe_cycle(cycle: list[str], graph: dict[str, dict[str, Import]]) -> str:
@@ -172,33 +135,74 @@ def describe_cycle(cycle: list[str], graph: dict[str, dict[str, Import]]) -> str
     return " -> ".join(cycle) + "\n" + "\n".join(steps)
 
 
-def _within(module: str, prefix: str) -> bool:
-    return module == prefix or module.startswith(prefix + ".")
-
-
-def violations(importers: tuple[str, ...], allowed=None, forbidden: tuple[str, ...] = ()) -> list[str]:
-    """Imports by modules under `importers` that hit `forbidden`, or that `allowed` (a predicate on
-    the imported module's name) refuses."""
-    bad = []
-    for imp in IMPORTS:
-        if not any(_within(imp.importer, p) for p in importers):
-            continue
-        if any(_within(imp.target, f) for f in forbidden) or (allowed is not None and not allowed(imp.target)):
-            bad.append(str(imp))
-    return bad
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
 SPECIFIC_SETTINGS = tuple(sorted(f"wrapperdist.settings.{d.name}" for d in SETTINGS_DIR.iterdir()
                                  if (d / "__init__.py").is_file()))
+CORE = ("wrapperdist.models", "wrapperdist.train", "wrapperdist.mech")
+RUNNERS = ("wrapperdist.sweep", "wrapperdist.tracking", "wrapperdist.pipeline", "mlflow", "ray")
+NAMES_A_SETTING = ("wrapperdist.settings.registry", "wrapperdist.config", "wrapperdist.confighelp")
+
+
+def _config_may_import(module: str) -> bool:
+    return (module.split(".")[0] in (*sys.stdlib_module_names, "pydantic", "pydantic_core", "yaml")
+            or module == "wrapperdist.schema"
+            or any(module in (f"{s}.config", f"{s}.names") for s in SPECIFIC_SETTINGS))
+
+
+@dataclass(frozen=True)
+class Rule:
+    says: str
+    broken_by: Callable[[Import], bool]
+    planted: Import  # an import that breaks it: the rule's own test that it can fail
+
+
+RULES = {
+    "resolves": Rule(
+        "every wrapperdist module imported exists (none left behind by a move)",
+        lambda i: _under(i.target, ("wrapperdist",)) and i.target not in MODULES,
+        Import("wrapperdist.stages", "wrapperdist.data.tasks", PACKAGE / "stages.py", 1, "top")),
+    "core": Rule(
+        "models, train and mech never import sweep, tracking, pipeline, settings, MLflow or Ray",
+        lambda i: _under(i.importer, CORE) and _under(i.target, (*RUNNERS, "wrapperdist.settings")),
+        Import("wrapperdist.models.gpt", "mlflow", PACKAGE / "models/gpt.py", 1, "function")),
+    "config": Rule(
+        "config and schema import only stdlib, pydantic, yaml, schema and the settings' config/names modules",
+        lambda i: _under(i.importer, ("wrapperdist.config", "wrapperdist.schema")) and not _config_may_import(i.target),
+        Import("wrapperdist.config", "wrapperdist.settings.pcfg.grammar", PACKAGE / "config.py", 1, "top")),
+    "settings": Rule(
+        "nothing under settings imports sweep, tracking, pipeline, MLflow or Ray",
+        lambda i: _under(i.importer, ("wrapperdist.settings",)) and _under(i.target, RUNNERS),
+        Import("wrapperdist.settings.pcfg.setting", "wrapperdist.tracking", PACKAGE / "settings/pcfg/setting.py", 1,
+               "typing")),
+    "specific": Rule(
+        f"outside settings/, only {', '.join(NAMES_A_SETTING)} import a specific setting",
+        lambda i: (not _under(i.importer, ("wrapperdist.settings", *NAMES_A_SETTING))
+                   and _under(i.target, SPECIFIC_SETTINGS)),
+        Import("wrapperdist.stages", "wrapperdist.settings.tracr.config", PACKAGE / "stages.py", 1, "function")),
+}
+
+
+def broken(rule: Rule, imports: list[Import]) -> list[str]:
+    return [str(i) for i in imports if rule.broken_by(i)]
 
 
 # -- the machinery can fail ------------------------------------------------------------------------
 
 def test_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}, "f": {"a"}}
-    cycles = find_cycles(graph)
-    assert sorted(map(tuple, cycles)) == [("a", "b", "c", "a"), ("e", "e")]
+    assert sorted(map(tuple, find_cycles(graph))) == [("a", "b", "c", "a"), ("e", "e")]
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a", "c"}}) == []
+
+
+def test_cycle_check_fires_on_a_planted_import():
+    """stages imports models; a (function-local) import back from models closes a circle."""
+    planted = Import("wrapperdist.models.gpt", "wrapperdist.stages", PACKAGE / "models/gpt.py", 1, "function")
+    graph = internal_edges([*IMPORTS, planted], set(MODULES))
+    assert "wrapperdist.models.gpt" in reached(graph, "wrapperdist.stages")
+    assert any("wrapperdist.models.gpt" in c for c in find_cycles(graph))
 
 
 def test_import_reader_sees_local_relative_and_typing_imports(tmp_path):
@@ -228,15 +232,17 @@ def test_the_tree_is_read():
     assert {"wrapperdist.config", "wrapperdist.stages", "wrapperdist.settings.registry"} <= MODULES.keys()
     assert len(SPECIFIC_SETTINGS) >= 3, SPECIFIC_SETTINGS
     assert any(i.importer == "wrapperdist.cli" and i.where == "function" for i in IMPORTS)
+    assert not broken(RULES["config"], [Import("wrapperdist.config", t, PACKAGE / "config.py", 1, "top") for t in
+                                        ("pathlib", "pydantic", "yaml", "wrapperdist.settings.pcfg.config")])
 
 
-# -- (i) no circles ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", RULES)
+def test_layering_rule_can_fail(name):
+    rule = RULES[name]
+    assert broken(rule, [rule.planted]) == [str(rule.planted)]
 
-def test_every_internal_import_resolves():
-    """An import of a wrapperdist module that no longer exists (e.g. one moved by the refactor)."""
-    missing = [str(i) for i in IMPORTS if _within(i.target, "wrapperdist") and i.target not in MODULES]
-    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
 
+# -- (i) no circles, (ii) layering ---------------------------------------------------------------
 
 def test_no_import_cycle():
     graph = internal_edges(IMPORTS, set(MODULES))
@@ -245,41 +251,10 @@ def test_no_import_cycle():
         describe_cycle(c, graph) for c in cycles)
 
 
-# -- (ii) layering -----------------------------------------------------------------------------------
-
-def test_core_layers_know_nothing_of_sweep_tracking_pipeline_or_settings():
-    bad = violations(("wrapperdist.models", "wrapperdist.train", "wrapperdist.mech"),
-                     forbidden=("wrapperdist.sweep", "wrapperdist.tracking", "wrapperdist.pipeline",
-                                "wrapperdist.settings", "mlflow", "ray"))
-    assert not bad, "\n".join(bad)
-
-
-def _config_may_import(module: str) -> bool:
-    top = module.split(".")[0]
-    if top in sys.stdlib_module_names or top in ("pydantic", "pydantic_core", "yaml"):
-        return True
-    if module == "wrapperdist.schema":
-        return True
-    return any(module in (f"{s}.config", f"{s}.names") for s in SPECIFIC_SETTINGS)
-
-
-def test_config_imports_only_pydantic_yaml_and_setting_sections():
-    bad = violations(("wrapperdist.config", "wrapperdist.schema"), allowed=_config_may_import)
-    assert not bad, "\n".join(bad)
-
-
-def test_settings_know_nothing_of_sweep_tracking_or_pipeline():
-    bad = violations(("wrapperdist.settings",), forbidden=("wrapperdist.sweep", "wrapperdist.tracking",
-                                                           "wrapperdist.pipeline", "mlflow", "ray"))
-    assert not bad, "\n".join(bad)
-
-
-def test_only_the_registry_and_config_name_a_specific_setting():
-    may = {"wrapperdist.settings.registry", "wrapperdist.config", "wrapperdist.confighelp"}
-    bad = [str(i) for i in IMPORTS
-           if not _within(i.importer, "wrapperdist.settings") and i.importer not in may
-           and any(_within(i.target, s) for s in SPECIFIC_SETTINGS)]
-    assert not bad, "\n".join(bad)
+@pytest.mark.parametrize("name", RULES)
+def test_layering(name):
+    bad = broken(RULES[name], IMPORTS)
+    assert not bad, f"{RULES[name].says}; broken by:\n" + "\n".join(bad)
 
 
 # -- (iii) no setting branches ------------------------------------------------------------------------
@@ -311,13 +286,11 @@ def setting_branches(paths: list[Path], classes: set[str]) -> list[str]:
     found = []
     for path in paths:
         text = path.read_text()
-        for number, line in enumerate(text.splitlines(), 1):
-            if any(p.search(line) for p in BRANCHES):
-                found.append(f"{shown(path)}:{number}: {line.strip()}")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.Call) and _isinstance_names(node) & classes:
-                found.append(f"{shown(path)}:{node.lineno}: isinstance over "
-                             f"{sorted(_isinstance_names(node) & classes)}")
+        found += [f"{shown(path)}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+                  if any(p.search(line) for p in BRANCHES)]
+        found += [f"{shown(path)}:{node.lineno}: isinstance over {sorted(_isinstance_names(node) & classes)}"
+                  for node in ast.walk(ast.parse(text))
+                  if isinstance(node, ast.Call) and _isinstance_names(node) & classes]
     return found
 
 
@@ -338,40 +311,3 @@ def test_no_setting_branches_outside_settings():
     outside = [p for p in sorted(PACKAGE.rglob("*.py")) if SETTINGS_DIR not in p.parents]
     found = setting_branches(outside, classes)
     assert not found, "setting branches outside wrapperdist/settings/:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("rule", ["models", "config", "settings", "specific"])
-def test_layer_rules_fire_on_a_planted_import(rule, monkeypatch):
-    """Each layering rule fails when its forbidden import is planted in the graph it reads."""
-    planted = {
-        "models": Import("wrapperdist.models.gpt", "mlflow", PACKAGE / "models/gpt.py", 1, "function"),
-        "config": Import("wrapperdist.config", "torch", PACKAGE / "config.py", 1, "top"),
-        "settings": Import("wrapperdist.settings.pcfg.setting", "wrapperdist.tracking",
-                           PACKAGE / "settings/pcfg/setting.py", 1, "typing"),
-        "specific": Import("wrapperdist.stages", "wrapperdist.settings.tracr.config", PACKAGE / "stages.py", 1,
-                           "function"),
-    }[rule]
-    test = {
-        "models": test_core_layers_know_nothing_of_sweep_tracking_pipeline_or_settings,
-        "config": test_config_imports_only_pydantic_yaml_and_setting_sections,
-        "settings": test_settings_know_nothing_of_sweep_tracking_or_pipeline,
-        "specific": test_only_the_registry_and_config_name_a_specific_setting,
-    }[rule]
-    clean = [i for i in IMPORTS if str(i) != str(planted)]
-    monkeypatch.setitem(globals(), "IMPORTS", [*clean, planted])
-    with pytest.raises(AssertionError, match=re.escape(str(planted))):
-        test()
-
-
-def test_cycle_check_fires_on_a_planted_import():
-    """models is imported by stages; a (function-local) import back from models closes a circle."""
-    planted = Import("wrapperdist.models.gpt", "wrapperdist.stages", PACKAGE / "models/gpt.py", 1, "function")
-    graph = internal_edges([*IMPORTS, planted], set(MODULES))
-    assert any({"wrapperdist.models.gpt", "wrapperdist.stages"} <= set(c) for c in strongly_connected(graph))
-
-
-def test_missing_module_check_fires_on_a_planted_import(monkeypatch):
-    planted = Import("wrapperdist.stages", "wrapperdist.data.tasks", PACKAGE / "stages.py", 1, "top")
-    monkeypatch.setitem(globals(), "IMPORTS", [*IMPORTS, planted])
-    with pytest.raises(AssertionError, match=re.escape(str(planted))):
-        test_every_internal_import_resolves()

@@ -8,7 +8,6 @@ from wrapperdist.mech import (
     Evidence,
     attention_patterns,
     grad_x_weight_scores,
-    is_monotone_in_steps,
     judge,
     learned_removal_mask,
     pattern_shift,
@@ -146,11 +145,11 @@ def test_attention_patterns_and_shift(model):
     assert shift.shape == (SHAPE.n_layer, SHAPE.n_head) and (shift > 0).all() and (shift <= 1).all()
 
 
-def test_steps_to_reach_and_monotone_logging():
+def test_steps_to_reach():
     curve = [(0, 0.1), (20, 0.5), (40, 0.92), (60, 0.95)]
     assert steps_to_reach(curve, 0.9) == 40
     assert steps_to_reach(curve, 0.99) is None
-    assert is_monotone_in_steps(curve) and not is_monotone_in_steps([(0, 0.1), (0, 0.2)])
+    assert steps_to_reach(curve, 0.05) == 0
 
 
 def test_verdict_thresholds():

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from wrapperdist.settings.stories import transforms as T
-from wrapperdist.settings.stories.generator import CorpusSpec, detect_features, generate, write_instruct_file
-from wrapperdist.settings.stories.loader import LoadStats, read_instruct, read_json_shard, read_plain, read_stories
+from wrapperdist.settings.stories.generator import CorpusSpec, detect_features, generate
+from wrapperdist.settings.stories.loader import (
+    SEPARATOR,
+    LoadStats,
+    read_instruct,
+    read_json_shard,
+    read_plain,
+    read_stories,
+)
 from wrapperdist.settings.stories.records import normalize_feature, prompt_text, to_text
 from wrapperdist.settings.stories.tokenizer import (
     BOS,
@@ -70,6 +77,16 @@ def test_instruct_file_with_malformed_records(tmp_path):
     assert reordered.story.startswith("Sue sang.\nWords: this line")  # after 'Story:' everything is story
     assert last.features == ("BadEnding", "MoralValue") and last.random_sentence == "She smiled."
     assert normalize_feature("Bad Ending") == normalize_feature("badending") == "BadEnding"
+
+
+def write_instruct_file(path, records) -> int:
+    """Write records in the TinyStories-Instruct text format (what `read_instruct` parses)."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(to_text(record) + "\n" + SEPARATOR + "\n")
+            count += 1
+    return count
 
 
 def test_generated_records_round_trip_through_the_instruct_format(tmp_path):

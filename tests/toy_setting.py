@@ -20,7 +20,7 @@ from wrapperdist.config import ExperimentConfig
 from wrapperdist.models import GPT, GPTShape
 from wrapperdist.schema import PositiveInt, SettingSection, register_section
 from wrapperdist.setting import Batch, EvalMetric, StageKind
-from wrapperdist.settings.answer import AnswerSetting, Which
+from wrapperdist.settings.answer import AnswerSetting
 from wrapperdist.settings.registry import register
 
 NAME = "toy"
@@ -59,8 +59,9 @@ class ToyData:
         query = np.full((n, 1), self.s.vocab, dtype=np.int64)
         return np.concatenate([content, query], axis=1), content[:, position].copy()
 
-    def batch(self, which: Which, n: int, rng: np.random.Generator) -> Batch:
-        if which in ("capability",):
+    def batch(self, which: str, n: int, rng: np.random.Generator) -> Batch:
+        """`which`: capability / pretrain (O_PT) or target / finetune (O_FT): see settings/answer*.py."""
+        if which in ("capability", "pretrain"):
             return self._copy(self.s.pretrain_position, n, rng)
         return self._copy(self.s.finetune_position, n, rng)  # target / finetune: no planted correlation
 

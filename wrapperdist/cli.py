@@ -9,8 +9,9 @@ from pathlib import Path
 
 from wrapperdist.config import ConfigError, ExperimentConfig, load_config
 from wrapperdist.confighelp import field_reference
-from wrapperdist.setting import Runtime
-from wrapperdist.settings.registry import load_plugins
+from wrapperdist.models import load_model
+from wrapperdist.setting import Runtime, TextGenerating
+from wrapperdist.settings.registry import load_plugins, setting_for
 from wrapperdist.sweep.plan import make_plan
 from wrapperdist.sweep.spec import SweepConfig, load_sweep
 
@@ -93,37 +94,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import tempfile
 
     from wrapperdist.pipeline import resolve_checkpoint
-    from wrapperdist.settings.stories.sampling import build_prompt, generate_samples
     from wrapperdist.tracking import Tracker
 
     if args.samples < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
         print("error: --samples and --max-new-tokens must be >= 1 and --temperature > 0", file=sys.stderr)
         return 2
     features = [f for f in (args.features or "").split(",") if f.strip()]
-    prompt = build_prompt(args.prompt, features)
     with tempfile.TemporaryDirectory() as work:
         try:
             checkpoint = resolve_checkpoint(Tracker(args.experiment), args.run, Path(work), stage="finetune")
-            samples = generate_samples(checkpoint, prompt, args.samples, args.max_new_tokens, args.temperature,
-                                       args.top_k, args.seed)
+            model, meta = load_model(checkpoint)
+            setting = setting_for(ExperimentConfig.model_validate(meta["config"]))
+            if not isinstance(setting, TextGenerating):
+                raise ValueError(f"{args.run}: a model of the {setting.name} setting does not write text")
+            samples = setting.generate(model, meta, args.prompt, features, args.samples, args.max_new_tokens,
+                                       args.temperature, args.top_k, args.seed)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     for i, s in enumerate(samples):
-        found = ", ".join(s.features) or "none"
-        print(f"--- sample {i + 1} (features found: {found})\n{prompt}{s.text}\n")
+        found = ", ".join(s.found) or "none"
+        print(f"--- sample {i + 1} (features found: {found})\n{s.prompt}{s.text}\n")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wrapperdist", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+RAW = argparse.RawDescriptionHelpFormatter
 
+
+def _experiment_commands(sub) -> None:
+    """validate, pretrain, finetune, run: commands over one experiment YAML."""
     experiment_fields = "experiment YAML fields:\n" + "\n".join(field_reference(ExperimentConfig))
-    sweep_fields = "sweep YAML fields:\n" + "\n".join(field_reference(SweepConfig))
-    raw = argparse.RawDescriptionHelpFormatter
+    raw = RAW
     p = sub.add_parser("validate", help="check experiment YAML files without running anything",
                        description="Validate experiment YAML files; print every bad field as file: field: reason.",
                        epilog=experiment_fields, formatter_class=raw)
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain a model (PCFG mixture, stories LM) or compile a Tracr program",
                        description="Pretrain from scratch: on the PCFG task mixture under the sampling prior, on "
-                       "the story corpus (config section 'stories'), or compile the RASP program (section "
+                       "the story corpus (setting 'stories'), or compile the RASP program (setting "
                        "'tracr'). Records one MLflow parent run with a 'pretrain' child (params, curves, "
                        "checkpoint).")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
@@ -140,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _run(a, ("pretrain",)))
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on the fine-tuning task",
-                       description="Fine-tune a pretrained model on the config's finetune.task, with its "
-                       "spurious-correlation share C_Tr, tracking both the fine-tuning and the pretraining "
-                       "task's accuracy (Tracr: toward tracr.finetune_target; stories: the deletion protocol).")
+                       description="Fine-tune a pretrained model on its setting's fine-tuning task (PCFG: setting.task "
+                       "with its spurious-correlation share C_Tr; Tracr: toward setting.finetune_target; stories: "
+                       "the deletion protocol), tracking both the fine-tuning and the pretraining task.")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     p.add_argument("--from", dest="init_from", metavar="RUN_OR_PATH",
                    help="a checkpoint file, or an MLflow run id (a pretrain run, or an invocation with one); "
@@ -159,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda a: _run(a, ("pretrain", "finetune", "analyze") if a.analyze
                                        else ("pretrain", "finetune")))
+
+
+def _run_commands(sub) -> None:
+    """analyze, sweep, generate: commands over runs and sweeps."""
+    sweep_fields = "sweep YAML fields:\n" + "\n".join(field_reference(SweepConfig))
+    raw = RAW
 
     p = sub.add_parser("analyze", help="the wrapper verdict for a fine-tuned run",
                        description="Run the four analyses on a fine-tuned model — one-step grad x weight "
@@ -204,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--experiment", default="wrapperdist", help="MLflow experiment of RUN (default wrapperdist)")
     p.set_defaults(func=cmd_generate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wrapperdist", description=DESCRIPTION, formatter_class=RAW)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _experiment_commands(sub)
+    _run_commands(sub)
     return parser
 
 

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,9 +26,18 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _default(info: Any) -> str:
-    if info.default is not PydanticUndefined:
-        return f" (default: {info.default!r})" if not isinstance(info.default, BaseModel) else ""
-    return "" if info.default_factory is not None else " (required)"
+    if info.default is PydanticUndefined:
+        return "" if info.default_factory is not None else " (required)"
+    value = info.default
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return f" (default: {value if isinstance(value, Path) else repr(value)})"
+
+
+def _summary(doc: str | None) -> str:
+    """A docstring's first sentence, on one line."""
+    text = " ".join((doc or "").split())
+    return re.split(r"\.\s+(?=[A-Z])", text)[0].rstrip(".")
 
 
 def field_reference(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -35,10 +46,12 @@ def field_reference(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
         nested = [m for m in _models_in(info.annotation) if m is not SettingSection]
+        if isinstance(info.default, BaseModel):  # a whole sub-model as the default: show it as one value
+            nested = []
         if name == "setting" and prefix == "":
             lines.append(f"  {path}: {info.description}")
             for section_name, section in sorted(SECTIONS.items()):
-                lines.append(f"  setting (name: {section_name}): {(section.__doc__ or '').splitlines()[0]}")
+                lines.append(f"  setting (name: {section_name}): {_summary(section.__doc__)}")
                 lines += [line for line in field_reference(section, f"{path}.") if not line.endswith(".name")]
         elif nested:
             lines += field_reference(nested[0], f"{path}.")

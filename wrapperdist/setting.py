@@ -13,17 +13,15 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from wrapperdist.config import ExperimentConfig
 from wrapperdist.models.hooks import HookedModule
 from wrapperdist.sink import Sink
 from wrapperdist.train.distributed import IN_PROCESS, Distributed
-
-if TYPE_CHECKING:  # typing only: the config module imports the settings' sections
-    from wrapperdist.config import ExperimentConfig
 
 StageKind = Literal["pretrain", "finetune", "analysis", "reft"]
 DataStage = Literal["pretrain", "finetune", "reft"]  # the stages that draw training batches
@@ -137,3 +135,19 @@ class Setting(Protocol):
     def analyze(self, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink, runtime: Runtime) -> AnalysisResult:
         """The analysis stage of one fine-tune."""
 
+
+@dataclass
+class Sample:
+    """One generated continuation: the prompt as the model saw it, the text, and what it contains."""
+
+    prompt: str
+    text: str
+    found: tuple[str, ...]  # the setting's labels detected in the text (e.g. story features)
+
+
+@runtime_checkable
+class TextGenerating(Protocol):
+    """A setting whose models write text (`wrapperdist generate`): not every setting's do."""
+
+    def generate(self, model: HookedModule, meta: dict[str, Any], prompt: str, features: list[str], samples: int,
+                 max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> list[Sample]: ...

@@ -13,13 +13,13 @@ from wrapperdist.mech.pruning import (
     removal_curve,
     units_removed,
 )
-from wrapperdist.mech.reft import is_monotone_in_steps, steps_to_reach
+from wrapperdist.mech.reft import steps_to_reach
 from wrapperdist.mech.verdict import Evidence, Verdict, judge
 from wrapperdist.mech.weights import mlp_unit_change, relative_change, weight_change_markdown
 
 __all__ = [
     "CurvePoint", "Evidence", "LearnedMask", "ProbeResult", "Verdict", "attention_patterns",
-    "grad_x_weight_scores", "is_monotone_in_steps", "judge", "learned_removal_mask", "majority_baseline",
+    "grad_x_weight_scores", "judge", "learned_removal_mask", "majority_baseline",
     "mlp_unit_change", "relative_change",
     "pattern_shift", "probe_layers", "random_ranking", "rank_units", "removal_curve",
     "steps_to_reach", "train_probe", "units_removed", "weight_change_markdown",

@@ -15,7 +15,3 @@ def steps_to_reach(curve: Sequence[tuple[int, float]], threshold: float) -> int 
             return step
     return None
 
-
-def is_monotone_in_steps(curve: Sequence[tuple[int, float]]) -> bool:
-    steps = [s for s, _ in curve]
-    return all(a < b for a, b in zip(steps, steps[1:], strict=False))

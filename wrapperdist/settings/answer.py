@@ -6,7 +6,7 @@ else here is the same for all of them."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,40 +24,10 @@ from wrapperdist.setting import (
     StageKind,
 )
 from wrapperdist.settings.answer_analysis import analyze_answers
+from wrapperdist.settings.answer_data import STREAMS, TRAINING_DATA, AnswerTasks, Which, stream
 from wrapperdist.sink import Sink
 from wrapperdist.train import answer_accuracy, loss_on_batch
 from wrapperdist.train.distributed import IN_PROCESS, Distributed
-
-# capability: the pretraining capability (O_PT) alone; target: the fine-tuning task on unbiased data
-# (C_Te = 0); finetune: the fine-tuning distribution (with the setting's planted correlation, C_Tr);
-# pretrain: the pretraining distribution.
-Which = Literal["capability", "target", "finetune", "pretrain"]
-STREAMS = {"pretrain": 1, "finetune": 2, "reft": 3}  # distinct seed streams per stage
-TRAINING_DATA: dict[DataStage, Which] = {"pretrain": "pretrain", "finetune": "finetune", "reft": "capability"}
-
-
-class AnswerTasks(Protocol):
-    """A setting's data, built once per stream or evaluation."""
-
-    def batch(self, which: Which, n: int, rng: np.random.Generator) -> Batch: ...
-
-    def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
-        """The held-out sets, named as the setting's eval_metrics (at least pt_acc and ft_acc)."""
-        ...
-
-    def answer_classes(self) -> tuple[int, int]:
-        """(number of answer classes, token id of class 0): probes predict answer - offset."""
-        ...
-
-    def decode(self, token: int) -> str: ...
-
-
-def stream(make_batch, seed: tuple[int, ...]) -> Iterator[Batch]:
-    """An endless, seeded stream of batches: `make_batch(rng)` is called once per batch. The tuple
-    seed (experiment seed, stage, [stream,] worker rank) gives independent streams per stage and worker."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield make_batch(rng)
 
 
 class AnswerSetting:
@@ -130,3 +100,6 @@ class AnswerSetting:
 
     def analyze(self, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink, runtime: Runtime) -> AnalysisResult:
         return analyze_answers(self, cfg, models, sink, runtime)
+
+
+__all__ = ["AnswerSetting", "AnswerTasks", "Which", "stream"]  # what a setting built on this base needs

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,11 +33,9 @@ from wrapperdist.mech import (
 from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure, weight_change_figure
 from wrapperdist.setting import AnalysisModels, Evaluator, Runtime
+from wrapperdist.settings.answer_data import AnswerSettingLike, AnswerTasks
 from wrapperdist.sink import PrefixSink, Sink
 from wrapperdist.stages import run_reft
-
-if TYPE_CHECKING:
-    from wrapperdist.settings.answer import AnswerSetting, AnswerTasks
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
 REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
@@ -83,7 +80,7 @@ def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
 
 
-def _pruning(setting: AnswerSetting, cfg: ExperimentConfig, tasks: AnswerTasks, model: HookedModule,
+def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTasks, model: HookedModule,
              evaluate: Evaluator, sink: Sink):
     p = cfg.analysis.prune
     rng = np.random.default_rng(ANALYSIS_SEED)
@@ -129,7 +126,7 @@ def _probing(cfg: ExperimentConfig, tasks: AnswerTasks, models: dict[str, Hooked
     return results, floors
 
 
-def _reft_curves(setting: AnswerSetting, cfg: ExperimentConfig, reft_model: HookedModule, control: HookedModule,
+def _reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: HookedModule, control: HookedModule,
                  random_init: HookedModule, evaluate: Evaluator, sink: Sink,
                  runtime: Runtime) -> dict[str, list[tuple[int, float]]]:
     """reFT of the fine-tuned model (in place) vs the control at the same LR and at a higher one, and a
@@ -158,7 +155,7 @@ def _attention(cfg: ExperimentConfig, tasks: AnswerTasks, models: AnalysisModels
     return shift, figure
 
 
-def analyze_answers(setting: AnswerSetting, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
+def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
                     runtime: Runtime) -> AnalysisOutput:
     """Run all four analyses on the fine-tuned model (pretrained = its starting point, control = the
     setting's Scr.+FT control)."""

@@ -29,10 +29,11 @@ PRETRAIN_FIELDS = ("seed", "model", "pretrain", "eval")
 class Distribution(Strict):
     """Exactly one of: loguniform / uniform [low, high], randint [low, high), choice [values]."""
 
-    loguniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
-    uniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-    choice: list[Any] | None = None
+    loguniform: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="[low, high], log-uniform")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], uniform")
+    randint: tuple[int, int] | None = Field(None, description="[low, high), integers")
+    choice: list[Any] | None = Field(None, description="values to choose among")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Distribution:
@@ -48,20 +49,20 @@ class Distribution(Strict):
 class AshaConfig(Strict):
     """Early stopping of fine-tune trials on their evaluation reports (Ray Tune's ASHAScheduler)."""
 
-    max_t: PositiveInt = 20
-    grace_period: PositiveInt = 2
-    reduction_factor: Annotated[int, Field(ge=2)] = 2
+    max_t: PositiveInt = Field(20, description="most evaluation reports a trial gets")
+    grace_period: PositiveInt = Field(2, description="reports before a trial may be stopped")
+    reduction_factor: Annotated[int, Field(ge=2)] = Field(2, description="keep 1 in this many at each rung")
 
 
 class SearchConfig(Strict):
     """Optuna search over fine-tuning/analysis settings, run for each grid point."""
 
-    num_samples: PositiveInt = 8
-    metric: str = "ft_acc"
-    mode: Literal["max", "min"] = "max"
-    seed: int = 0
-    space: dict[str, Distribution]
-    asha: AshaConfig | None = None
+    num_samples: PositiveInt = Field(8, description="fine-tunes sampled per grid point")
+    metric: str = Field("ft_acc", description="the stage metric the search optimises")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
+    seed: int = Field(0, description="the sampler's seed")
+    space: dict[str, Distribution] = Field(description="dotted path -> distribution (fine-tuning fields only)")
+    asha: AshaConfig | None = Field(None, description="early stopping of poor trials (Ray only)")
 
     @model_validator(mode="after")
     def _not_pretraining(self) -> SearchConfig:
@@ -72,24 +73,24 @@ class SearchConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    cpus: PositiveInt | None = Field(None, description="CPUs the sweep may use (default: this machine's)")
+    cpus: PositiveInt | None = Field(None, description="CPUs the sweep may use (None: this machine's)")
     cpus_per_trial: PositiveInt = Field(1, description="torch threads of an in-process trial")
     train_workers: Annotated[int, Field(ge=0)] = Field(
         0, description="0: train in the trial's process; N: Ray Train TorchTrainer with N DDP workers"
     )
-    use_gpu: bool = False
-    max_concurrent_trials: PositiveInt | None = Field(None, description="default: what the CPUs allow")
+    use_gpu: bool = Field(False, description="Ray Train workers take a GPU each")
+    max_concurrent_trials: PositiveInt | None = Field(None, description="None: what the CPUs allow")
     max_failures: Annotated[int, Field(ge=0)] = Field(1, description="retries of a trial that raises")
 
 
 class SweepConfig(Strict):
-    name: str
+    name: str = Field(description="names the sweep's MLflow run and Tune experiments")
     experiment: Path = Field(description="base experiment YAML, relative to the sweep file")
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted path -> value, for every trial")
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted path -> values (factorial)")
     search: SearchConfig | None = None
     revival_budgets: list[PositiveInt] = Field(default_factory=list, description="reFT steps; one run each")
-    analyze: bool = True
+    analyze: bool = Field(True, description="run the analysis stage (and its control's pretraining)")
     storage_path: str = Field("ray_results", description="local path, NFS mount or URI (s3://, gs://)")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 

@@ -10,7 +10,6 @@ experiment is fully named by its config.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,26 +118,3 @@ def sample_strings(grammar: Grammar, n: int, rng: np.random.Generator) -> tuple[
         symbols = expanded[:, :width]
     lengths = (symbols != EMPTY).sum(1)
     return symbols, lengths
-
-
-def derives(grammar: Grammar, string: tuple[int, ...]) -> bool:
-    """Whether the grammar derives `string` (terminal ids). A memoised top-down parser, used by the
-    tests to check generated strings independently of the sampler."""
-
-    n_term = len(TERMINALS)
-
-    @functools.cache
-    def can(symbol: int, i: int, j: int) -> bool:
-        if symbol < n_term:
-            return j - i == 1 and string[i] == symbol
-        return any(split(body, i, j) for body, p in grammar.rules(symbol) if p > 0)
-
-    @functools.cache
-    def split(body: tuple[int, ...], i: int, j: int) -> bool:
-        if not body:
-            return i == j
-        head, rest = body[0], body[1:]
-        # every symbol derives at least one terminal, so leave room for the rest
-        return any(can(head, i, k) and split(rest, k, j) for k in range(i + 1, j - len(rest) + 1))
-
-    return can(grammar.start, 0, len(string))

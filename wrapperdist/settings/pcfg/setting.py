@@ -9,7 +9,8 @@ import numpy as np
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.models import GPT, GPTShape
 from wrapperdist.setting import Batch, EvalMetric, StageKind
-from wrapperdist.settings.answer import AnswerSetting, Which
+from wrapperdist.settings.answer import AnswerSetting
+from wrapperdist.settings.answer_data import Which
 from wrapperdist.settings.pcfg.config import PCFGSection
 from wrapperdist.settings.pcfg.grammar import make_grammar
 from wrapperdist.settings.pcfg.names import TERMINALS, Family

@@ -12,7 +12,9 @@ from wrapperdist.schema import PositiveInt, SettingSection, register_section
 
 @register_section
 class StoriesSection(SettingSection):
-    """A small LM pretrained on stories with labelled features, fine-tuned to delete one (`feature`,
+    """The TinyStories setting: a small LM that learns a story feature, then has it deleted.
+
+    A small LM pretrained on stories with labelled features, fine-tuned to delete one (`feature`,
     the paper's Twist) with one of the paper's protocols, measured by a probe and by how often its
     generations have the feature, and revived by reFT on stories that have it. The corpus is the real
     TinyStories files at `path` (read locally, streamed) or, by default, the project's procedural

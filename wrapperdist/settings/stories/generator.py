@@ -105,16 +105,3 @@ def generate(n: int, seed: int, spec: CorpusSpec = CorpusSpec()) -> Iterator[Sto
     for _ in range(n):
         chosen = tuple(f for f, keep in zip(names, rng.random(len(names)) < rates, strict=True) if keep)
         yield write_story(rng, chosen)
-
-
-def write_instruct_file(path, records) -> int:
-    """Write records in the TinyStories-Instruct text format (what `read_instruct` parses)."""
-    from wrapperdist.settings.stories.loader import SEPARATOR
-    from wrapperdist.settings.stories.records import to_text
-
-    count = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(to_text(record) + "\n" + SEPARATOR + "\n")
-            count += 1
-    return count

@@ -1,23 +1,16 @@
-"""`wrapperdist generate`: load a stories-setting checkpoint and
-sample continuations of a prompt, with the detector's verdict on each."""
+"""Sampling stories from a model of the stories setting (`wrapperdist generate`): the Instruct-format
+prompt, continuations, and the feature detector's verdict on each."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from tokenizers import Tokenizer
 
-from wrapperdist.models import load_model
+from wrapperdist.models import HookedModule
+from wrapperdist.setting import Sample
 from wrapperdist.settings.stories.generator import detect_features
 from wrapperdist.settings.stories.lm import sample
 from wrapperdist.settings.stories.records import normalize_feature
-from wrapperdist.settings.stories.setting import tokenizer_of
 from wrapperdist.settings.stories.tokenizer import BOS, EOS, special_id
-
-
-@dataclass
-class Sample:
-    text: str
-    features: tuple[str, ...]
 
 
 def build_prompt(prompt: str, features: list[str] | None = None) -> str:
@@ -30,13 +23,12 @@ def build_prompt(prompt: str, features: list[str] | None = None) -> str:
     return text
 
 
-def generate_samples(checkpoint: Path, prompt: str, samples: int = 4, max_new_tokens: int = 200,
-                     temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[Sample]:
-    model, meta = load_model(checkpoint)
-    tokenizer = tokenizer_of(meta)
+def generate_samples(model: HookedModule, tokenizer: Tokenizer, prompt: str, samples: int = 4,
+                     max_new_tokens: int = 200, temperature: float = 1.0, top_k: int | None = None,
+                     seed: int = 0) -> list[Sample]:
     ids = [special_id(tokenizer, BOS), *tokenizer.encode(prompt, add_special_tokens=False).ids]
     if len(ids) >= model.shape.seq_len:
         raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {model.shape.seq_len}")
     outs = sample(model, [ids] * samples, max_new_tokens, special_id(tokenizer, EOS), temperature, top_k, seed)
     texts = [tokenizer.decode(o) for o in outs]
-    return [Sample(t, detect_features(t)) for t in texts]
+    return [Sample(prompt, t, detect_features(t)) for t in texts]

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.identity import default_finetune_identity, default_pretrain_identity
 from wrapperdist.models import GPT, GPTShape, HookedModule
-from wrapperdist.setting import AnalysisModels, Batch, DataStage, EvalMetric, Evaluator, Runtime, StageKind
+from wrapperdist.setting import AnalysisModels, Batch, DataStage, EvalMetric, Evaluator, Runtime, Sample, StageKind
 from wrapperdist.settings.stories.analysis import StoriesAnalysisOutput, analyze_stories
 from wrapperdist.settings.stories.config import StoriesSection
 from wrapperdist.settings.stories.lm import (
@@ -26,6 +26,7 @@ from wrapperdist.settings.stories.lm import (
     protocol_records,
 )
 from wrapperdist.settings.stories.records import to_text
+from wrapperdist.settings.stories.sampling import build_prompt, generate_samples
 from wrapperdist.sink import Sink
 from wrapperdist.train.distributed import IN_PROCESS, Distributed
 
@@ -111,3 +112,9 @@ class StoriesSetting:
     def analyze(self, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
                 runtime: Runtime) -> StoriesAnalysisOutput:
         return analyze_stories(self, cfg, models, sink, runtime)
+
+    def generate(self, model: HookedModule, meta: dict[str, Any], prompt: str, features: list[str], samples: int,
+                 max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> list[Sample]:
+        """Continue `prompt` (asking for `features` in the Instruct format the model was trained on)."""
+        return generate_samples(model, tokenizer_of(meta), build_prompt(prompt, features), samples, max_new_tokens,
+                                temperature, top_k, seed)

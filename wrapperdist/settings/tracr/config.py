@@ -13,9 +13,11 @@ from wrapperdist.schema import PositiveInt, SettingSection, register_section
 
 @register_section
 class TracrSection(SettingSection):
-    """The paper fine-tunes compiled models with SGD + momentum after adding N(0, 0.001) weight
-    noise; here σ = 1e-3 already drops the compiled Counter to 0.88 accuracy (lengths ≤ 8), so the
-    default is 1e-4."""
+    """The Tracr setting: a model compiled from a RASP program, then fine-tuned toward another target.
+
+    The paper fine-tunes compiled models with SGD + momentum after adding N(0, 0.001) weight noise;
+    here σ = 1e-3 already drops the compiled Counter to 0.88 accuracy (lengths ≤ 8), so the default
+    is 1e-4."""
 
     name: Literal["tracr"] = "tracr"
     finetune_fields = frozenset({"finetune_target", "noise_std"})

@@ -12,7 +12,8 @@ import torch
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.models import TracrTransformer
 from wrapperdist.setting import Batch, EvalMetric, StageKind
-from wrapperdist.settings.answer import AnswerSetting, Which
+from wrapperdist.settings.answer import AnswerSetting
+from wrapperdist.settings.answer_data import Which
 from wrapperdist.settings.tracr.compile import compile_target, to_torch
 from wrapperdist.settings.tracr.config import TracrSection
 from wrapperdist.settings.tracr.tasks import TracrTarget, TracrTasks, tracr_vocab

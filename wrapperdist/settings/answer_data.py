@@ -1,0 +1,49 @@
+"""The data interface of settings whose examples are (tokens, answer), the answer predicted at the
+last position: which examples a stage draws, and the seeded streams they come in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal, Protocol
+
+import numpy as np
+
+from wrapperdist.config import ExperimentConfig
+from wrapperdist.setting import Batch, DataStage, Setting
+
+# capability: the pretraining capability (O_PT) alone; target: the fine-tuning task on unbiased data
+# (C_Te = 0); finetune: the fine-tuning distribution (with the setting's planted correlation, C_Tr);
+# pretrain: the pretraining distribution.
+Which = Literal["capability", "target", "finetune", "pretrain"]
+STREAMS = {"pretrain": 1, "finetune": 2, "reft": 3}  # distinct seed streams per stage
+TRAINING_DATA: dict[DataStage, Which] = {"pretrain": "pretrain", "finetune": "finetune", "reft": "capability"}
+
+
+class AnswerTasks(Protocol):
+    """A setting's data, built once per stream or evaluation."""
+
+    def batch(self, which: Which, n: int, rng: np.random.Generator) -> Batch: ...
+
+    def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
+        """The held-out sets, named as the setting's eval_metrics (at least pt_acc and ft_acc)."""
+        ...
+
+    def answer_classes(self) -> tuple[int, int]:
+        """(number of answer classes, token id of class 0): probes predict answer - offset."""
+        ...
+
+    def decode(self, token: int) -> str: ...
+
+
+def stream(make_batch, seed: tuple[int, ...]) -> Iterator[Batch]:
+    """An endless, seeded stream of batches: `make_batch(rng)` is called once per batch. The tuple
+    seed (experiment seed, stage, [stream,] worker rank) gives independent streams per stage and worker."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield make_batch(rng)
+
+
+class AnswerSettingLike(Setting, Protocol):
+    """What the shared analysis needs of an answer setting: the protocol, plus its data."""
+
+    def tasks(self, cfg: ExperimentConfig) -> AnswerTasks: ...
