@@ -31,7 +31,7 @@ def main() -> None:
     tokens, answers = (torch.from_numpy(x) for x in next(pt_stream))
 
     def step() -> None:
-        loss = setting.loss_fn(model, tokens, answers)
+        loss = setting.loss_fn(cfg, "pretrain")(model, tokens, answers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -25,7 +25,7 @@ from wrapperdist.sweep.spec import load_sweep
 
 EXPERIMENT = {
     "name": "bench", "seed": 0,
-    "setting": {"name": "pcfg", "grammar": {"min_len": 8, "max_len": 24, "index_k": 3}},
+    "setting": {"name": "pcfg", "window": 32, "count_window": 20},
     "model": {"n_layer": 3, "n_head": 4, "d_model": 64},
     "pretrain": {"optim": {"lr": 3e-3, "steps": 200, "batch_size": 128, "eval_every": 100}},
     "finetune": {"optim": {"lr": 3e-4, "steps": 400, "batch_size": 96, "eval_every": 100}},

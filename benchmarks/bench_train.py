@@ -17,13 +17,13 @@ from common import cpu_config
 from wrapperdist.setting import Runtime, default_threads
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.sink import MemorySink
-from wrapperdist.train import loss_on_batch, make_optimizer, train
+from wrapperdist.train import make_optimizer, train
 
 
-def bare_loop(model, batches, optim_cfg) -> None:
+def bare_loop(model, batches, optim_cfg, loss_fn) -> None:
     opt = make_optimizer(model, optim_cfg)
     for tokens, answers in batches:
-        loss = loss_on_batch(model, tokens, answers)
+        loss = loss_fn(model, tokens, answers)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
@@ -54,10 +54,10 @@ def main() -> None:
 
     bare, project = [], []
     for _ in range(args.rounds):
-        bare.append(timed(lambda m: bare_loop(m, pregenerated, optim_cfg)))
+        bare.append(timed(lambda m: bare_loop(m, pregenerated, optim_cfg, setting.loss_fn(cfg, "pretrain"))))
         project.append(timed(lambda m: train(m, setting.batches(cfg, "pretrain", optim_cfg.batch_size), optim_cfg,
-                                             MemorySink(),
-                                             progress=False)))
+                                             MemorySink(), progress=False,
+                                             loss_fn=setting.loss_fn(cfg, "pretrain"))))
     b, p = statistics.median(bare), statistics.median(project)
     print(f"config: {cfg.name}  torch threads: {threads}  steps/round: {args.steps}  rounds: {args.rounds}  "
           f"tokens/step: {tokens_per_step}")

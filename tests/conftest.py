@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 TINY = {
     "name": "tiny",
     "seed": 0,
-    "setting": {"name": "pcfg", "grammar": {"min_len": 4, "max_len": 10, "index_k": 2}, "spurious_fraction": 0.5},
+    "setting": {"name": "pcfg", "window": 16, "count_window": 8, "index_k": 2, "spurious_fraction": 0.5},
     "model": {"n_layer": 1, "n_head": 2, "d_model": 16},
     "pretrain": {"optim": {"lr": 3e-3, "steps": 30, "batch_size": 16, "eval_every": 10, "log_every": 5}},
     "finetune": {"optim": {"lr": 1e-3, "steps": 20, "batch_size": 16, "eval_every": 10, "log_every": 5}},
@@ -19,7 +19,7 @@ TINY = {
         "prune": {"ks": [0, 1, 4], "score_samples": 64, "random_controls": 2, "learned_steps": 10,
                   "learned_batch_size": 32},
         "probe": {"samples": 120, "steps": 30},
-        "reft": {"steps": 20, "eval_every": 10},
+        "reft": {"steps": 20, "eval_every": 10, "lr_factor": 0.1},
         "attention_prompts": 2,
     },
 }

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 VALID = {
     "name": "t",
-    "setting": {"name": "pcfg", "grammar": {"min_len": 4, "max_len": 12}},
+    "setting": {"name": "pcfg", "window": 24, "count_window": 12},
     "model": {"n_layer": 1, "n_head": 2, "d_model": 16},
     "pretrain": {"optim": {"lr": 1e-3, "steps": 10, "batch_size": 8}},
     "finetune": {"optim": {"lr": 1e-4, "steps": 10, "batch_size": 8}},
@@ -59,7 +59,13 @@ CASES = [
     ("heads don't divide", with_change("model.d_model", 15), "model: d_model (15) must be divisible by n_head (2)"),
     ("negative d_model", with_change("model.d_model", -16), "model.d_model: Input should be greater than 0"),
     ("dropout 1", with_change("model.dropout", 1.0), "model.dropout"),
-    ("min_len > max_len", with_change("setting.grammar.min_len", 30), "setting.grammar: min_len (30) exceeds max_len (12)"),
+    ("count window > window", with_change("setting.count_window", 30), "setting: count_window (30) exceeds window (24)"),
+    ("unknown grammar kind", with_change("setting.grammar.kind", "chomsky"), "setting.grammar.kind"),
+    ("window too small", with_change("setting.window", 4), "setting.window: Input should be greater than or equal to 8"),
+    ("correlation on the indexer", with_change("setting.task", {"family": "index_of_occurrence", "operand": "b"},
+                                               with_change("setting.spurious_fraction", 0.5)),
+     "setting: spurious_fraction: the planted relation"),
+    ("unknown objective", with_change("setting.pretrain_objective", "masked"), "setting.pretrain_objective"),
     ("rhs bounds reversed", with_change("setting.grammar.rhs_len", [3, 1]), "setting.grammar.rhs_len: lower bound 3 exceeds upper bound 1"),
     ("warmup above 1", with_change("finetune.optim.warmup_frac", 2), "finetune.optim.warmup_frac"),
     ("bad optimizer", with_change("finetune.optim.optimizer", "adam"), "finetune.optim.optimizer"),

@@ -5,7 +5,7 @@ import functools
 import numpy as np
 import pytest
 
-from wrapperdist.settings.pcfg.grammar import EMPTY, Grammar, make_grammar, sample_strings
+from wrapperdist.settings.pcfg.grammar import EMPTY, Grammar, make_grammar, paper_grammar, sample_strings
 from wrapperdist.settings.pcfg.names import TERMINALS, Family
 from wrapperdist.settings.pcfg.sampler import PCFGTasks, TaskSpec
 from wrapperdist.settings.pcfg.tasks import NO_ANSWER, Vocab, labels
@@ -41,124 +41,131 @@ def grammar():
 
 
 @pytest.fixture(scope="module")
-def tasks(grammar):
-    return PCFGTasks(grammar, min_len=6, max_len=20, index_k=3)
+def tasks():
+    """The paper's grammar and layout at a small window (W = 48, N = 24, k = 6)."""
+    return PCFGTasks(paper_grammar(), window=48, count_window=24, index_k=6)
 
 
-def test_generated_strings_are_derivable(grammar):
-    strings, lengths = sample_strings(grammar, 200, np.random.default_rng(1))
-    for row, n in zip(strings, lengths, strict=True):
-        sentence = tuple(int(x) for x in row[:n])
-        assert EMPTY not in sentence and derives(grammar, sentence)
+# Fig. 14 of the paper, typed out again here (not read from the package): symbol -> its two rules.
+FIG_14 = {
+    "s": {"r q", "q p"}, "p": {"m n o", "n o m"}, "q": {"n m o", "m n"}, "r": {"o m", "m o n"},
+    "m": {"l j", "j l k"}, "n": {"k j l", "l j k"}, "o": {"l k j", "k j"},
+    "j": {"h i", "i h"}, "k": {"h g i", "g h i"}, "l": {"i h g", "h i g"},
+    "g": {"d f e", "f e d"}, "h": {"e d f", "d e f"}, "i": {"e f d", "f d e"},
+    "d": {"c a", "a b c"}, "e": {"c b", "c a b"}, "f": {"c b a", "b a"},
+}
 
 
-def test_parser_rejects_non_sentences(grammar):
-    """The check above is only meaningful if the parser can say no."""
-    rng = np.random.default_rng(2)
-    strings, lengths = sample_strings(grammar, 300, rng)
-    rejected = 0
-    for row, n in zip(strings, lengths, strict=True):
-        shuffled = tuple(int(x) for x in rng.permutation(row[:n])) + (int(rng.integers(3)),) * 3
-        rejected += not derives(grammar, shuffled)
-    assert rejected > 30
+def test_the_grammar_is_figure_14():
+    g = paper_grammar()
+    names = g.names
+    got = {names[s]: {" ".join(names[c] for c in body) for body, _ in g.rules(s)} for level in g.levels for s in level}
+    assert got == FIG_14  # 16 non-terminals, every rule
+    assert all(p == 0.5 for level in g.levels for s in level for _, p in g.rules(s))
+    assert [len(level) for level in g.levels] == [1, 3, 3, 3, 3, 3]
+    lengths = sample_strings(g, 4000, np.random.default_rng(0))[1]
+    assert 265 < lengths.mean() < 285 and 0.15 < (lengths < 250).mean() < 0.32  # paper: ≈ 276, a quarter < 250
 
 
-def test_rules_are_probability_distributions(grammar):
-    for level in grammar.levels:
-        for symbol in level:
-            assert sum(p for _, p in grammar.rules(symbol)) == pytest.approx(1.0)
+def test_windows_are_random_pieces_of_w_tokens(tasks):
+    texts = tasks.texts(300, np.random.default_rng(11))
+    assert texts.shape == (300, 48) and texts.min() >= 0 and texts.max() <= 2
+    assert len({tuple(row[:6]) for row in texts}) > 100  # random windows, not always a derivation's beginning
 
 
-def _brute_force(family, row, operand, k):
-    s = [int(x) for x in row if x != EMPTY]
+def _brute_force(family, text, operand, n_last, k):
+    s = [int(x) for x in text]
+    last = s[len(s) - n_last:]
     if family is Family.counter:
-        return s.count(operand)
+        return last.count(operand)
     if family is Family.count_composition:
-        return sum(s[i] == s[i + 1] == operand for i in range(len(s) - 1))
+        return sum(last[i] == last[i + 1] == operand for i in range(len(last) - 1))
+    backward = s[::-1]
     if family is Family.index_of_occurrence:
-        hits = [i for i, x in enumerate(s) if x == operand]
+        hits = [i + 1 for i, x in enumerate(backward) if x == operand]
         return hits[k - 1] if len(hits) >= k else NO_ANSWER
-    if family is Family.index_of_composition:
-        hits = [i for i in range(len(s) - 1) if s[i] == s[i + 1] == operand]
+    if family is Family.index_of_composition:  # the later element of each bigram, counted from the end
+        hits = [i + 1 for i in range(len(backward) - 1) if backward[i] == backward[i + 1] == operand]
         return hits[k - 1] if len(hits) >= k else NO_ANSWER
-    return s[operand]
+    return s[len(s) - n_last]  # token_at_index: N positions before the end
 
 
 @pytest.mark.parametrize("family", list(Family))
-def test_labels_match_brute_force(tasks, family):
+def test_labels_match_brute_force(family):
+    """At the paper's scale (W = 250, N = 40, k = 6), where the 6th `aa` exists in some windows."""
+    paper_scale = PCFGTasks(paper_grammar(), window=250, count_window=40, index_k=6)
     rng = np.random.default_rng(3)
-    strings, lengths = tasks.strings(500, rng)
-    if family is Family.token_at_index:
-        operands = (rng.random(500) * lengths).astype(np.int64)
-    else:
-        operands = rng.integers(0, 3, size=500)
-    got = labels(family, strings, operands, k=3)
-    expected = [_brute_force(family, r, int(o), 3) for r, o in zip(strings, operands, strict=True)]
+    texts = paper_scale.texts(400, rng)
+    operands = rng.integers(0, 3, size=400)
+    got = labels(family, texts, operands, count_window=40, k=6)
+    expected = [_brute_force(family, r, int(o), 40, 6) for r, o in zip(texts, operands, strict=True)]
     assert got.tolist() == expected
-    if family in (Family.index_of_occurrence, Family.index_of_composition):
+    if family is Family.index_of_composition:
         assert (got == NO_ANSWER).any() and (got != NO_ANSWER).any()  # both branches exercised
 
 
-def test_encoding_round_trips(tasks):
-    """Decode encoded rows back into (family, operand, string, answer) and recompute the label."""
+def test_layout_is_equation_1(tasks):
+    """SOS, T, O, O', SOT, the W text tokens, EOT, ART -> Ans; O' = N for counting, k for the index tasks."""
     rng = np.random.default_rng(4)
     tokens, answers = tasks.mixture_batch(300, rng, {f: 1.0 for f in Family}, np.array([0.5, 0.3, 0.2]))
     v = tasks.vocab
-    assert tokens.shape == (300, tasks.seq_len) and (tokens[:, -1] == Vocab.ANS).all()
+    assert tokens.shape == (300, 48 + 7) and tasks.seq_len == 55
+    assert (tokens[:, 0] == Vocab.SOS).all() and (tokens[:, 4] == Vocab.SOT).all()
+    assert (tokens[:, -2] == Vocab.EOT).all() and (tokens[:, -1] == Vocab.ART).all()
+    seen = set()
     for row, ans in zip(tokens, answers, strict=True):
-        bos = int(np.flatnonzero(row == Vocab.BOS)[0])
-        assert (row[:bos] == Vocab.PAD).all()
-        family = v.families[row[bos + 1] - v.family_offset]
-        body = [int(t) - v.terminal_offset for t in row[bos + 3 : -1]]
-        op_token = int(row[bos + 2])
-        operand = op_token - v.number_offset if family is Family.token_at_index else op_token - v.terminal_offset
-        expected = _brute_force(family, body, operand, tasks.index_k)
+        family = v.families[row[1] - v.family_offset]
+        seen.add(family)
+        text = [int(t) - v.terminal_offset for t in row[5:-2]]
+        assert all(0 <= t <= 2 for t in text)
+        index_task = family in (Family.index_of_occurrence, Family.index_of_composition)
+        assert v.decode(int(row[3])) == ("6" if index_task else "24")
         if family is Family.token_at_index:
-            assert ans == v.terminal(expected)
-        else:
-            assert ans == (Vocab.NONE if expected == NO_ANSWER else expected + v.number_offset)
-
-
-def test_lengths_in_range(tasks):
-    _, lengths = tasks.strings(2000, np.random.default_rng(5))
-    assert lengths.min() >= 6 and lengths.max() <= 20
+            assert row[2] == Vocab.NULL and ans == v.terminal(_brute_force(family, text, 0, 24, 6))
+            continue
+        composition = family in (Family.count_composition, Family.index_of_composition)
+        op_text = v.decode(int(row[2]))
+        assert op_text in (("aa", "bb", "cc") if composition else ("a", "b", "c"))
+        expected = _brute_force(family, text, TERMINALS.index(op_text[0]), 24, 6)
+        assert ans == (Vocab.NONE if expected == NO_ANSWER else expected + v.number_offset)
+    assert seen == set(Family)
 
 
 @pytest.mark.parametrize("prior", [(0.999, 0.001, 0.0), (0.9, 0.1, 0.0), (0.5, 0.3, 0.2)])
 def test_sampling_prior_frequency(tasks, prior):
-    n = 40_000
+    n = 20_000
     tokens, _ = tasks.mixture_batch(n, np.random.default_rng(6), {Family.counter: 1.0}, np.array(prior))
-    operand = tokens[np.arange(n), np.argmax(tokens == Vocab.BOS, axis=1) + 2] - tasks.vocab.terminal_offset
-    freq = np.bincount(operand, minlength=3) / n
+    freq = np.bincount(tokens[:, 2] - tasks.vocab.terminal_offset, minlength=3) / n
     for got, want in zip(freq, prior, strict=True):
         assert abs(got - want) <= 4 * np.sqrt(want * (1 - want) / n) + 1e-9
 
 
-def test_family_weights(tasks):
-    n = 20_000
-    weights = {Family.counter: 3.0, Family.index_of_occurrence: 1.0}
-    tokens, _ = tasks.mixture_batch(n, np.random.default_rng(7), weights, np.array([1 / 3] * 3))
-    fam = tokens[np.arange(n), np.argmax(tokens == Vocab.BOS, axis=1) + 1]
-    share = (fam == tasks.vocab.family(Family.counter)).mean()
-    assert abs(share - 0.75) < 0.02
+def test_family_draw_is_uniform_by_default(tasks):
+    n = 10_000
+    tokens, _ = tasks.mixture_batch(n, np.random.default_rng(7), {f: 1.0 for f in Family}, np.array([1 / 3] * 3))
+    shares = np.bincount(tokens[:, 1] - tasks.vocab.family_offset, minlength=5) / n
+    assert np.abs(shares - 0.2).max() < 0.02
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.8, 1.0])
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
 def test_spurious_fraction(tasks, fraction):
-    """The planted relation count(b) = count(a) + 1 holds on the requested share (plus chance)."""
-    n = 4000
+    """count(b) = count(a) + 1 within the last N positions on the requested share (plus chance), on
+    every example at C_Tr = 1; the label is always the true count of b."""
+    n = 3000
     rng = np.random.default_rng(8)
     ft, pt = TaskSpec(Family.counter, "b"), TaskSpec(Family.counter, "a")
     tokens, answers = tasks.task_batch(n, rng, ft, fraction, pt, offset=1)
     v = tasks.vocab
-    count_a = (tokens == v.terminal(0)).sum(1)  # the operand token is b, so every a is in the string
-    count_b = (tokens == v.terminal(1)).sum(1) - 1  # minus the operand token itself
+    last = tokens[:, 5:-2][:, -24:]
+    count_a, count_b = (last == v.terminal(0)).sum(1), (last == v.terminal(1)).sum(1)
     assert ((answers - v.number_offset) == count_b).all()
     holds = (count_b == count_a + 1).mean()
-    chance = tasks.task_batch(n, rng, ft)  # same task, no planting
-    base = ((chance[0] == v.terminal(1)).sum(1) - 1 == (chance[0] == v.terminal(0)).sum(1) + 1).mean()
+    chance = tasks.task_batch(n, rng, ft)[0][:, 5:-2][:, -24:]
+    base = ((chance == v.terminal(1)).sum(1) == (chance == v.terminal(0)).sum(1) + 1).mean()
     expected = fraction + (1 - fraction) * base
     assert abs(holds - expected) < 0.035, (holds, expected)
+    if fraction == 1.0:
+        assert holds == 1.0
 
 
 def test_determinism_under_seed(tasks):
@@ -173,3 +180,8 @@ def test_determinism_under_seed(tasks):
     g2 = make_grammar(1, 4, 4, 3, (1, 3), (1, 2))
     assert (g1.rhs == g2.rhs).all() and (g1.cum_prob == g2.cum_prob).all()
 
+
+def test_short_random_grammars_are_windowed_by_appending_derivations():
+    grammar = make_grammar(0, 4, 4, 3, (1, 3), (1, 2))
+    texts = PCFGTasks(grammar, window=40, count_window=10, index_k=2).texts(50, np.random.default_rng(13))
+    assert texts.shape == (50, 40) and (texts != EMPTY).all()

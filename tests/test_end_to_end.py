@@ -83,6 +83,8 @@ def test_analysis_is_a_child_of_the_finetune_run(tiny_config, capsys):
     assert {"report.md", "pruning.png", "probes.png", "reft.png", "attention.png"} <= files
     # curves are logged against their x-axis: K for pruning, step for reFT, depth for probes
     assert [m.step for m in client.get_metric_history(analysis.info.run_id, "prune.paper.pt_acc")] == [0, 1, 4]
+    assert {"prune.paper.pt_acc_spurious", "prune.random.ft_acc_spurious", "prune.units.pt_acc",
+            "answers.count_pt", "answers.count_ft", "answers.other"} <= set(analysis.data.metrics)
     reft = client.get_metric_history(analysis.info.run_id, "reft.finetuned.pt_acc")
     assert [m.step for m in reft] == [0, 10, 20]
     probe = client.get_metric_history(analysis.info.run_id, "probe.pt.fine-tuned")
@@ -90,7 +92,8 @@ def test_analysis_is_a_child_of_the_finetune_run(tiny_config, capsys):
     # the Scr.+FT control was pretrained once, as a child of the analysis run, and is reused next time
     control = [r for r in runs.values() if r.data.tags.get("wrapperdist.role") == "control"]
     assert len(control) == 1 and control[0].data.tags["mlflow.parentRunId"] == analysis.info.run_id
-    assert control[0].data.params["setting.prior.b"] == str(0.9)
+    # the paper's Scr.+FT: trained from scratch on the fine-tuning task alone (count b), not the mixture
+    assert control[0].data.params["setting.pretrain_data"] == "task"
     report = (tiny_config.parent / "runs").rglob("report.md")
     assert "Verdict:" in next(report).read_text()
     assert main(["analyze", summary["parent_run_id"]]) == 0

@@ -13,8 +13,12 @@ from wrapperdist.mech import (
     pattern_shift,
     probe_layers,
     random_ranking,
+    random_row_ranking,
+    rank_rows,
     rank_units,
     removal_curve,
+    row_scores,
+    rows_removed,
     steps_to_reach,
     train_probe,
     units_removed,
@@ -162,3 +166,33 @@ def test_verdict_thresholds():
     never = {**base, "reft_steps_control": None}  # control never got there: counts as budget + 1
     assert judge(Evidence(**never), 0.3, 0.15, 2.0).reft_speedup == pytest.approx(401 / 40)
     assert judge(Evidence(**base), 0.3, 0.15, 10.0).label == "mixed"  # stricter speed-up not met
+
+
+def test_row_pruning_finds_a_planted_row_and_restores_the_behaviour():
+    """Alg. 3 on weight rows: plant one unembedding row that makes a wrong token win everywhere (a
+    wrapper in one row); one step of grad x weight ranks it first, and zeroing it brings back every
+    original answer, while zeroing a random row does not."""
+    torch.manual_seed(0)
+    model = GPT(SHAPE).eval()
+    with torch.no_grad():  # a constant feature in the final residual, for the planted row to read
+        model.ln_f.weight[0], model.ln_f.bias[0] = 0.0, 10.0
+    tokens, _ = _batch(128)
+    with torch.no_grad():
+        answers = model(tokens, last_only=True).argmax(-1)  # the behaviour to protect: its own answers
+
+    def accuracy() -> float:
+        with torch.no_grad():
+            return (model(tokens, last_only=True).argmax(-1) == answers).float().mean().item()
+
+    wrong = next(t for t in range(SHAPE.vocab_size) if t not in set(answers.tolist()))
+    with torch.no_grad():
+        model.head.weight[wrong, 0] = 100.0
+    assert accuracy() == 0.0
+    ranking = rank_rows(row_scores(model, tokens, answers))
+    assert ranking[0] == ("head.weight", wrong)
+    with rows_removed(model, ranking[:1]):
+        assert accuracy() == 1.0
+    assert accuracy() == 0.0  # restored on exit
+    curve = removal_curve(model, random_row_ranking(model, seed=0), [1, 5], lambda m: {"acc": accuracy()},
+                          rows_removed)
+    assert all(p.metrics["acc"] < 0.2 for p in curve)

@@ -30,7 +30,7 @@ STORIES = {
     "pretrain": {"optim": {"lr": 3e-3, "steps": 30, "batch_size": 16, "eval_every": 15}},
     "finetune": {"optim": {"lr": 1e-3, "steps": 10, "batch_size": 16, "eval_every": 5}},
     "eval": {"samples": 32},
-    "analysis": {"probe": {"samples": 80, "steps": 20}, "reft": {"steps": 10, "eval_every": 5, "lr": 1e-3}},
+    "analysis": {"probe": {"samples": 80, "steps": 20}, "reft": {"steps": 10, "eval_every": 5, "lr": 3e-4}},
 }
 
 

@@ -54,7 +54,7 @@ def test_grid_of_3_priors_by_3_lrs_runs_3_pretrains(tmp_path):
     assert plan.counts() == {"pretrain": 3, "finetune": 9, "downstream": 18}
     with_controls = make_plan(load_sweep(write_sweep(tmp_path, spec)))
     roles = sorted(n.role for n in with_controls.pretrain)
-    assert roles == ["control"] * 3 + ["main"] * 3  # plus one Scr.+FT control per prior
+    assert roles == ["control"] + ["main"] * 3  # plus one Scr.+FT control, shared by the priors (paper Sec. 5.1)
     assert {n.parent for n in plan.finetune} == {n.key for n in plan.pretrain}
 
 
@@ -86,7 +86,7 @@ def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
     assert status[("analysis", "1")] == "FINISHED" and status[("analysis", "40")] == "FAILED"
     assert status[("reft", "1")] == "FINISHED" and status[("reft", "40")] == "FAILED"
     failed_ft = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "finetune" and r.info.status == "FAILED")
-    assert "almost never holds" in failed_ft.data.tags["wrapperdist.error"]
+    assert "could not be planted" in failed_ft.data.tags["wrapperdist.error"]
     sweep = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "sweep")
     for r in runs:  # the tree: sweep → pretrain → finetune → analysis/reft; controls under the sweep
         parent = by_id.get(r.data.tags.get("mlflow.parentRunId"))

@@ -29,7 +29,7 @@ TRACR = {
                            "weight_decay": 0.0}},
     "eval": {"samples": 300},
     "analysis": {"prune": {"ks": [0, 2, 5], "score_samples": 64, "random_controls": 1, "learned_steps": 10},
-                 "probe": {"samples": 200, "steps": 50}, "reft": {"steps": 60, "eval_every": 20, "lr": 0.01},
+                 "probe": {"samples": 200, "steps": 50}, "reft": {"steps": 60, "eval_every": 20, "lr": 0.003},
                  "attention_prompts": 2},
 }
 

@@ -74,6 +74,9 @@ class ToyData:
     def decode(self, token: int) -> str:
         return "?" if token == self.s.vocab else f"t{token}"
 
+    def diagnose(self, model) -> dict[str, float]:
+        return {}
+
 
 class ToySetting(AnswerSetting):
     name = NAME

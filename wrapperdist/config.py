@@ -121,7 +121,12 @@ class ReftConfig(Strict):
     protocol at this LR and at `control_lr_multiplier` times it."""
 
     steps: PositiveInt = Field(400, description="reFT steps of the analysis' revival curves")
-    lr: Annotated[float, Field(gt=0.0)] = Field(1e-4, description="reFT learning rate")
+    lr: Annotated[float, Field(gt=0.0)] = Field(1e-4, description="reFT learning rate (unless lr_factor is set)")
+    lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="reFT learning rate as this fraction of the fine-tuning LR (overrides lr)")
+    below_finetune: bool = Field(
+        True, description="require the reFT LR to be below the fine-tuning LR (paper App. D: a revival at a "
+                          "lower LR is the stronger evidence)")
     eval_every: PositiveInt = Field(20, description="steps between points of the revival curves")
     control_lr_multiplier: Annotated[float, Field(gt=0.0)] = Field(
         10.0, description="the control's second, higher reFT learning rate, as a multiple of lr")
@@ -177,9 +182,14 @@ class ExperimentConfig(Strict):
         return parse_section(value)
 
     @model_validator(mode="after")
-    def _pretrain_optim(self) -> ExperimentConfig:
+    def _consistent(self) -> ExperimentConfig:
         if self.setting.trains_pretraining and self.pretrain.optim is None:
             raise ValueError(f"pretrain.optim: required (the {self.setting.name} setting pretrains by training)")
+        reft, ft_lr = self.analysis.reft, self.finetune.optim.lr
+        lr = ft_lr * reft.lr_factor if reft.lr_factor is not None else reft.lr
+        if reft.below_finetune and lr >= ft_lr:
+            raise ValueError(f"analysis.reft.lr: reFT's LR ({lr:g}) must be below the fine-tuning LR ({ft_lr:g}) "
+                             "(paper App. D); lower it, set analysis.reft.lr_factor, or below_finetune: false")
         return self
 
 

@@ -44,19 +44,29 @@ def training_curves(history: MemorySink, title: str, eval_metrics: Mapping[str, 
     return fig
 
 
+PRUNING_PANELS = {"pt_acc": "pretraining task (O_PT), C_Te = 0", "ft_acc": "fine-tuning task (O_FT), C_Te = 0",
+                  "pt_acc_spurious": "pretraining task (O_PT), C_Te = 1",
+                  "ft_acc_spurious": "fine-tuning task (O_FT), C_Te = 1"}
+
+
 def pruning_figure(curves: dict[str, list[tuple[int, dict[str, float]]]], title: str) -> Figure:
-    """Pretraining- and fine-tuning-task accuracy against units removed, one line per method."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    styles = {"grad x weight (paper)": "-o", "learned mask": "-s", "random units (control)": "--^"}
-    for ax, key, label in zip(axes, ("pt_acc", "ft_acc"), ("pretraining task (count O_PT)",
-                                                          "fine-tuning task (count O_FT)"), strict=True):
-        for method, points in curves.items():
+    """Accuracy against units removed, one line per method, one panel per evaluation set (the paper's
+    Fig. 7: O_PT and O_FT accuracy, on C_Te = 0 and, where the setting has it, C_Te = 1)."""
+    first = next(iter(curves.values()))[0][1]
+    keys = [k for k in PRUNING_PANELS if k in first]
+    cols = 2
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 3.8 * rows), sharey=True, squeeze=False)
+    styles = ["-o", "--^", "-s", ":d"]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for style, (method, points) in zip(styles, curves.items(), strict=False):
             ks = [k for k, _ in points]
-            ax.plot(ks, [m[key] for _, m in points], styles.get(method, "-"), markersize=4, label=method)
-        ax.set(xlabel="MLP units removed (K)", title=label, ylim=(-0.02, 1.02))
+            ax.plot(ks, [m[key] for _, m in points], style, markersize=4, label=method)
+        ax.set(xlabel="units removed (K)", title=PRUNING_PANELS[key], ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("answer accuracy")
-    axes[0].legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("answer accuracy")
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

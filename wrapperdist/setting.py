@@ -92,11 +92,13 @@ class Setting(Protocol):
     eval_metrics: Mapping[str, EvalMetric]  # what `evaluator` returns
     revival_metric: str  # the eval metric a reFT curve follows (the pretraining capability)
     reft_eval_keys: tuple[str, ...] | None  # what reFT evaluates (None: all of eval_metrics)
-    loss_fn: LossFn
     control_name: str  # what the control model is called in reports and run names
 
     def build_model(self, cfg: ExperimentConfig) -> HookedModule:
         """A freshly initialised model to pretrain (the caller seeds torch)."""
+
+    def loss_fn(self, cfg: ExperimentConfig, stage: DataStage) -> LossFn:
+        """The training objective of `stage` (e.g. next-token in pretraining, the answer in fine-tuning)."""
 
     def compile(self, cfg: ExperimentConfig) -> HookedModule | None:
         """The pretrained model when pretraining is not training (Tracr compiles); None: train it."""

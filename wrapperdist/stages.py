@@ -45,7 +45,7 @@ def run_pretrain(setting: Setting, cfg: ExperimentConfig, out_dir: Path, sink: S
         dist.wrap(model), setting.batches(cfg, "pretrain", optim.batch_size, dist), optim, sink,
         evaluate=setting.evaluator(cfg), checkpoint_path=Path(out_dir) / "model.pt",
         checkpoint_meta=checkpoint_meta(setting, cfg, model, "pretrain"), is_main=dist.is_main,
-        desc=f"pretrain {cfg.name}", progress=runtime.progress, loss_fn=setting.loss_fn,
+        desc=f"pretrain {cfg.name}", progress=runtime.progress, loss_fn=setting.loss_fn(cfg, "pretrain"),
     )
     return StageOutput(result.checkpoint, result.final_metrics)
 
@@ -63,7 +63,8 @@ def run_finetune(setting: Setting, cfg: ExperimentConfig, init_checkpoint: Path,
         dist.wrap(model), setting.batches(cfg, "finetune", optim.batch_size, dist), optim, sink,
         evaluate=setting.evaluator(cfg), checkpoint_path=Path(out_dir) / "model.pt",
         checkpoint_meta={**checkpoint_meta(setting, cfg, model, "finetune"), "parent_stage": meta.get("stage")},
-        is_main=dist.is_main, desc=f"finetune {cfg.name}", progress=runtime.progress, loss_fn=setting.loss_fn,
+        is_main=dist.is_main, desc=f"finetune {cfg.name}", progress=runtime.progress,
+        loss_fn=setting.loss_fn(cfg, "finetune"),
     )
     return StageOutput(result.checkpoint, result.final_metrics)
 
@@ -73,6 +74,12 @@ def reft_optim(cfg: ExperimentConfig, lr: float, steps: int | None = None) -> Op
     r = cfg.analysis.reft
     return cfg.finetune.optim.model_copy(update={"lr": lr, "steps": steps or r.steps, "eval_every": r.eval_every,
                                                  "checkpoint_every": 0})
+
+
+def reft_lr(cfg: ExperimentConfig) -> float:
+    """reFT's learning rate: `lr_factor` × the fine-tuning LR where given, else `lr`."""
+    r = cfg.analysis.reft
+    return cfg.finetune.optim.lr * r.lr_factor if r.lr_factor is not None else r.lr
 
 
 def run_reft(setting: Setting, cfg: ExperimentConfig, model: HookedModule, lr: float, sink: Sink,
@@ -88,7 +95,8 @@ def run_reft(setting: Setting, cfg: ExperimentConfig, model: HookedModule, lr: f
     evaluate = evaluate or setting.evaluator(cfg, setting.reft_eval_keys)
     torch.manual_seed(cfg.seed)
     train(dist.wrap(model), setting.batches(cfg, "reft", optim.batch_size, dist), optim, TeeSink(sink, memory),
-          evaluate=evaluate, is_main=dist.is_main, desc=desc, progress=runtime.progress, loss_fn=setting.loss_fn)
+          evaluate=evaluate, is_main=dist.is_main, desc=desc, progress=runtime.progress,
+          loss_fn=setting.loss_fn(cfg, "reft"))
     return memory.history(setting.revival_metric)
 
 
@@ -106,7 +114,7 @@ def run_stage(kind: StageKind, setting: Setting, cfg: ExperimentConfig, init: Pa
         raise ValueError(f"{kind} is not a training stage")
     model, meta = load_model(init)
     memory = MemorySink()
-    run_reft(setting, cfg, model, cfg.analysis.reft.lr, TeeSink(sink, memory), runtime, steps=budget,
+    run_reft(setting, cfg, model, reft_lr(cfg), TeeSink(sink, memory), runtime, steps=budget,
              desc=f"reft {budget}")
     if runtime.dist.is_main:
         save_checkpoint(Path(out_dir) / "model.pt", model, {**meta, "stage": "reft", "budget": budget})

@@ -6,11 +6,16 @@ from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layer
 from wrapperdist.mech.pruning import (
     CurvePoint,
     LearnedMask,
+    Row,
     grad_x_weight_scores,
     learned_removal_mask,
     random_ranking,
+    random_row_ranking,
+    rank_rows,
     rank_units,
     removal_curve,
+    row_scores,
+    rows_removed,
     units_removed,
 )
 from wrapperdist.mech.reft import steps_to_reach
@@ -18,6 +23,7 @@ from wrapperdist.mech.verdict import Evidence, Verdict, judge
 from wrapperdist.mech.weights import mlp_unit_change, relative_change, weight_change_markdown
 
 __all__ = [
+    "Row", "rank_rows", "random_row_ranking", "row_scores", "rows_removed",
     "CurvePoint", "Evidence", "LearnedMask", "ProbeResult", "Verdict", "attention_patterns",
     "grad_x_weight_scores", "judge", "learned_removal_mask", "majority_baseline",
     "mlp_unit_change", "relative_change",

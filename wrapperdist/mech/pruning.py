@@ -1,6 +1,7 @@
-"""Pruning MLP units of a fine-tuned model to revive the pretraining capability.
+"""Pruning a fine-tuned model to revive the pretraining capability.
 
-Two methods, labelled as what they are:
+The paper's method (App. D, Alg. 3) on its unit — a row of any weight matrix — is `row_scores` /
+`rows_removed` at the end of this module. On MLP hidden units, two methods, labelled as what they are:
 
 * `grad_x_weight_scores` — the paper's (App. D): **one step**; the gradient of the *pretraining-task*
   loss scores each unit by gradient·weight and the top-K are removed. For an MLP unit we take the
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from wrapperdist.models.hooks import HookedModule
 
@@ -82,13 +84,15 @@ class CurvePoint:
 
 
 def removal_curve(
-    model: HookedModule, ranking: Sequence[Unit], ks: Sequence[int],
-    evaluate: Callable[[torch.nn.Module], dict[str, float]],
+    model: HookedModule, ranking: Sequence, ks: Sequence[int],
+    evaluate: Callable[[torch.nn.Module], dict[str, float]], remove: Callable | None = None,
 ) -> list[CurvePoint]:
-    """Evaluate the model with the first k units of `ranking` removed, for each k."""
+    """Evaluate the model with the first k entries of `ranking` removed, for each k. `remove` is the
+    context manager that removes them: MLP units (default) or weight rows (`rows_removed`)."""
+    remove = remove or units_removed
     points = []
     for k in ks:
-        with units_removed(model, ranking[:k]):
+        with remove(model, ranking[:k]):
             points.append(CurvePoint(k, evaluate(model)))
     return points
 
@@ -140,3 +144,75 @@ def learned_removal_mask(
     ranking = rank_units([-s for s in final])  # lowest logit = most firmly removed
     removed = [u for u in ranking if final[u[0]][u[1]] < 0]
     return LearnedMask(ranking=ranking, removed=removed, logits=final)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's unit for the PCFG models (App. D, Alg. 3): a "neuron" is one row of a weight matrix.
+
+Row = tuple[str, int]  # (weight parameter name, row index)
+
+
+def weight_matrices(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Every weight matrix that rows can be pruned from — embeddings, attention in/out projections,
+    MLP in/out, the unembedding — with the bias that goes with its rows (a Linear's bias element i
+    belongs to output row i). LayerNorm gains and biases are vectors, not matrices: not eligible."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Embedding) and module.weight.requires_grad:
+            bias = getattr(module, "bias", None)
+            out[f"{name}.weight"] = (module.weight, bias if isinstance(bias, torch.Tensor) else None)
+    return out
+
+
+def row_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Alg. 3's one step: gradient·weight of the pretraining-task cross-entropy, summed over each row
+    (and its bias element). By first-order Taylor, zeroing row i changes the loss by ≈ −score_i, so
+    the highest scores are the removals that most lower the pretraining loss."""
+    matrices = weight_matrices(model)
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        F.cross_entropy(model(tokens, last_only=True), answers).backward()
+    scores = {}
+    for name, (weight, bias) in matrices.items():
+        score = (weight.grad * weight).sum(1).detach()
+        if bias is not None and bias.grad is not None:
+            score = score + (bias.grad * bias).detach()
+        scores[name] = score
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+def rank_rows(scores: dict[str, torch.Tensor]) -> list[Row]:
+    """Every row of every eligible matrix, highest score first."""
+    flat = torch.cat(list(scores.values()))
+    owners = [(name, i) for name, s in scores.items() for i in range(s.numel())]
+    return [owners[int(j)] for j in torch.argsort(flat, descending=True, stable=True)]
+
+
+def random_row_ranking(model: nn.Module, seed: int) -> list[Row]:
+    rows = [(name, i) for name, (weight, _) in weight_matrices(model).items() for i in range(weight.shape[0])]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+@contextmanager
+def rows_removed(model: nn.Module, rows: Sequence[Row]) -> Iterator[None]:
+    """Zero the given rows (and their bias elements) for the duration of the block."""
+    matrices = weight_matrices(model)
+    saved = []
+    with torch.no_grad():
+        for name, i in rows:
+            weight, bias = matrices[name]
+            saved.append((weight, i, weight[i].clone(), bias, None if bias is None else bias[i].clone()))
+            weight[i] = 0.0
+            if bias is not None:
+                bias[i] = 0.0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, i, old, bias, old_bias in reversed(saved):
+                weight[i] = old
+                if bias is not None:
+                    bias[i] = old_bias

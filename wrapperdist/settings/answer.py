@@ -20,6 +20,7 @@ from wrapperdist.setting import (
     DataStage,
     EvalMetric,
     Evaluator,
+    LossFn,
     Runtime,
     StageKind,
 )
@@ -39,10 +40,13 @@ class AnswerSetting:
     eval_metrics: Mapping[str, EvalMetric]
     revival_metric = "pt_acc"
     reft_eval_keys: tuple[str, ...] | None = ("pt_acc", "ft_acc")
-    loss_fn = staticmethod(loss_on_batch)
+    analysis_eval_keys: tuple[str, ...] = ("pt_acc", "ft_acc")  # what pruning curves evaluate
 
     def tasks(self, cfg: ExperimentConfig) -> AnswerTasks:
         raise NotImplementedError
+
+    def loss_fn(self, cfg: ExperimentConfig, stage: DataStage) -> LossFn:
+        return loss_on_batch  # the answer, at the last position
 
     def compile(self, cfg: ExperimentConfig):
         return None

@@ -23,10 +23,13 @@ from wrapperdist.mech import (
     mlp_unit_change,
     pattern_shift,
     probe_layers,
-    random_ranking,
+    random_row_ranking,
+    rank_rows,
     rank_units,
     relative_change,
     removal_curve,
+    row_scores,
+    rows_removed,
     steps_to_reach,
     weight_change_markdown,
 )
@@ -35,7 +38,7 @@ from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, re
 from wrapperdist.setting import AnalysisModels, Evaluator, Runtime
 from wrapperdist.settings.answer_data import AnswerSettingLike, AnswerTasks
 from wrapperdist.sink import PrefixSink, Sink
-from wrapperdist.stages import run_reft
+from wrapperdist.stages import reft_lr, run_reft
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
 REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
@@ -80,29 +83,38 @@ def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
 
 
+PAPER_PRUNING = "rows, grad x weight (paper Alg. 3)"
+
+
 def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTasks, model: HookedModule,
              evaluate: Evaluator, sink: Sink):
+    """Removal curves: the paper's rows by one-step grad x weight, random rows, and on MLP units the
+    same score and a learned mask (the two named alternatives)."""
     p = cfg.analysis.prune
     rng = np.random.default_rng(ANALYSIS_SEED)
     tokens, answers = _as_tensors(tasks.batch("capability", p.score_samples, rng))
-    paper = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
-    randoms = [removal_curve(model, random_ranking(model, seed), p.ks, evaluate) for seed in range(p.random_controls)]
-    random_mean = [(pt.k, {key: float(np.mean([r[i].metrics[key] for r in randoms])) for key in pt.metrics})
-                   for i, pt in enumerate(randoms[0])]
+    rows = removal_curve(model, rank_rows(row_scores(model, tokens, answers)), p.ks, evaluate, rows_removed)
+    random_rows = [removal_curve(model, random_row_ranking(model, seed), p.ks, evaluate, rows_removed)
+                   for seed in range(p.random_controls)]
+    units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
     batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
     learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
-    learned_curve = removal_curve(model, learned.ranking, p.ks, evaluate)
     curves = {
-        "grad x weight (paper)": [(c.k, c.metrics) for c in paper],
-        "learned mask": [(c.k, c.metrics) for c in learned_curve],
-        "random units (control)": random_mean,
+        PAPER_PRUNING: [(c.k, c.metrics) for c in rows],
+        "random rows (control)": _mean_curve(random_rows),
+        "MLP units, grad x weight": [(c.k, c.metrics) for c in units],
+        "MLP units, learned mask": [(c.k, c.metrics) for c in removal_curve(model, learned.ranking, p.ks, evaluate)],
     }
-    for method, key in (("grad x weight (paper)", "paper"), ("learned mask", "learned"),
-                        ("random units (control)", "random")):
+    for method, key in zip(curves, ("paper", "random", "units", "learned"), strict=True):
         for k, metrics in curves[method]:
             sink.log_metrics({f"prune.{key}.{m}": v for m, v in metrics.items()}, k)
     sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
     return curves, learned
+
+
+def _mean_curve(curves: list[list]) -> list[tuple[int, dict[str, float]]]:
+    return [(pt.k, {key: float(np.mean([c[i].metrics[key] for c in curves])) for key in pt.metrics})
+            for i, pt in enumerate(curves[0])]
 
 
 def _probing(cfg: ExperimentConfig, tasks: AnswerTasks, models: dict[str, HookedModule], sink: Sink):
@@ -129,14 +141,15 @@ def _probing(cfg: ExperimentConfig, tasks: AnswerTasks, models: dict[str, Hooked
 def _reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: HookedModule, control: HookedModule,
                  random_init: HookedModule, evaluate: Evaluator, sink: Sink,
                  runtime: Runtime) -> dict[str, list[tuple[int, float]]]:
-    """reFT of the fine-tuned model (in place) vs the control at the same LR and at a higher one, and a
-    random init; keys are the curves' labels, in the order of `REFT_KEYS`."""
-    lr, multiplier = cfg.analysis.reft.lr, cfg.analysis.reft.control_lr_multiplier
+    """reFT of the fine-tuned model (in place) vs the control at the same LR and at a higher one, and
+    Scr. (a random init trained on the pretraining capability alone, paper App. E.4); keys are the
+    curves' labels, in the order of `REFT_KEYS`."""
+    lr, multiplier = reft_lr(cfg), cfg.analysis.reft.control_lr_multiplier
+    name = setting.control_name
     runs = ((f"fine-tuned → reFT (lr {lr:g})", reft_model, lr, "reFT fine-tuned"),
-            (f"Scr.+FT control (lr {lr:g})", copy.deepcopy(control), lr, "reFT control"),
-            (f"Scr.+FT control (lr {lr * multiplier:g})", copy.deepcopy(control), lr * multiplier,
-             "reFT control, high lr"),
-            (f"random init (lr {lr:g})", copy.deepcopy(random_init), lr, "reFT random init"))
+            (f"{name} (lr {lr:g})", copy.deepcopy(control), lr, "reFT control"),
+            (f"{name} (lr {lr * multiplier:g})", copy.deepcopy(control), lr * multiplier, "reFT control, high lr"),
+            (f"Scr., random init (lr {lr:g})", copy.deepcopy(random_init), lr, "reFT random init"))
     return {label: run_reft(setting, cfg, model, rate, PrefixSink(sink, f"reft.{key}."), runtime, evaluate=evaluate,
                             desc=desc)
             for key, (label, model, rate, desc) in zip(REFT_KEYS, runs, strict=True)}
@@ -161,7 +174,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     setting's Scr.+FT control)."""
     runtime.apply()
     tasks = setting.tasks(cfg)
-    evaluate = setting.evaluator(cfg, ("pt_acc", "ft_acc"))
+    evaluate = setting.evaluator(cfg, setting.analysis_eval_keys)
     pretrained, finetuned = models.pretrained, models.finetuned
     a, v = cfg.analysis, cfg.analysis.verdict
     figures: dict[str, Figure] = {}
@@ -177,7 +190,8 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
 
     random_init = random_like(pretrained, cfg.seed + 1)
     reft_model = copy.deepcopy(finetuned)
-    reft_curves = _reft_curves(setting, cfg, reft_model, models.control, random_init, evaluate, sink, runtime)
+    reft_evaluate = setting.evaluator(cfg, setting.reft_eval_keys)
+    reft_curves = _reft_curves(setting, cfg, reft_model, models.control, random_init, reft_evaluate, sink, runtime)
     figures["reft"] = reft_figure(reft_curves, v.reft_threshold, f"reverse fine-tuning ({cfg.name})")
     reft_steps = {label: steps_to_reach(curve, v.reft_threshold) for label, curve in reft_curves.items()}
 
@@ -185,8 +199,10 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     probes, floors = _probing(cfg, tasks, probed, sink)
     figures["probes"] = probe_figure(probes, floors, f"linear probes per layer ({cfg.name})")
     shift, figures["attention"] = _attention(cfg, tasks, models, sink)
+    answers = tasks.diagnose(finetuned)
+    sink.log_metrics({f"answers.{k}": v for k, v in answers.items()}, 0)
 
-    paper_curve = curves["grad x weight (paper)"]
+    paper_curve = curves[PAPER_PRUNING]
     gains = [(m["pt_acc"] - paper_curve[0][1]["pt_acc"], k) for k, m in paper_curve if k <= v.prune_max_k]
     best_gain, best_k = max(gains) if gains else (0.0, 0)
     pt_target = "pretraining target (count O_PT)"
@@ -200,7 +216,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     )
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
     report = render_report(setting.describe(cfg), cfg, evidence, verdict, curves, probes, floors, reft_steps, shift,
-                           len(learned.removed))
+                           len(learned.removed), answers)
     report += weight_change_markdown(changes, top_units)
     reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=True)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
@@ -209,7 +225,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
 
 
 def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: Verdict, curves, probes, floors,
-                  reft_steps, shift, learned_removed: int) -> str:
+                  reft_steps, shift, learned_removed: int, answers: dict[str, float]) -> str:
     v = cfg.analysis.verdict
 
     def yes(flag: bool) -> str:
@@ -229,7 +245,7 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
         f"- probing: best-layer probe accuracy >= random-init probe + {v.probe_margin}",
         f"- reFT: reach pt_acc {v.reft_threshold} at least {v.reft_speedup}x sooner than Scr.+FT at the same lr",
         "",
-        "## Pruning (accuracy after removing the top-K MLP units)",
+        "## Pruning (accuracy after removing the top-K units: weight rows, or MLP units)",
         "",
         "| K | " + " | ".join(f"{m}: pt / ft" for m in curves) + " |",
         "|---|" + "---|" * len(curves),
@@ -252,5 +268,8 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
     lines += ["", "## Attention (pretrained vs fine-tuned, mean total-variation distance of the answer row)", ""]
     for layer, row in enumerate(shift.tolist()):
         lines.append(f"- layer {layer}: " + ", ".join(f"head {h} {x:.2f}" for h, x in enumerate(row)))
+    if answers:
+        lines += ["", "## What the fine-tuned model answers on O_PT prompts (C_Te = 0; shares may overlap)", "",
+                  *(f"- {k}: {x:.3f}" for k, x in answers.items())]
     lines += ["", "Figures: pruning.png, probes.png, reft.png, attention.png"]
     return "\n".join(lines) + "\n"

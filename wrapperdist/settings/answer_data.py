@@ -4,7 +4,7 @@ last position: which examples a stage draws, and the seeded streams they come in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -34,6 +34,10 @@ class AnswerTasks(Protocol):
 
     def decode(self, token: int) -> str: ...
 
+    def diagnose(self, model: Any) -> dict[str, float]:
+        """Setting-specific numbers about a fine-tuned model's answers, logged by the analysis (may be {})."""
+        ...
+
 
 def stream(make_batch, seed: tuple[int, ...]) -> Iterator[Batch]:
     """An endless, seeded stream of batches: `make_batch(rng)` is called once per batch. The tuple
@@ -45,5 +49,7 @@ def stream(make_batch, seed: tuple[int, ...]) -> Iterator[Batch]:
 
 class AnswerSettingLike(Setting, Protocol):
     """What the shared analysis needs of an answer setting: the protocol, plus its data."""
+
+    analysis_eval_keys: tuple[str, ...]
 
     def tasks(self, cfg: ExperimentConfig) -> AnswerTasks: ...

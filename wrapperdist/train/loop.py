@@ -50,6 +50,14 @@ def loss_on_batch(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor)
     return F.cross_entropy(model(tokens, last_only=True), answers)
 
 
+def next_token_loss(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """Next-token prediction over the whole sequence: every position predicts the token after it,
+    the last one the answer (the paper's pretraining objective, App. C.2)."""
+    logits = model(tokens)
+    targets = torch.cat([tokens[:, 1:], answers[:, None]], dim=1)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
 def train(
     model: nn.Module,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],

@@ -25,18 +25,16 @@ PRIORS: dict[str, tuple[float, float, float]] = {
 
 
 class GrammarConfig(Strict):
-    """The PCFG (drawn from `seed`) and the string lengths kept from it."""
+    """Which grammar generates the text: the paper's (Fig. 14) or one drawn from `seed`."""
 
-    seed: int = Field(0, description="seed the grammar's rules are drawn from")
-    levels: Annotated[int, Field(ge=2)] = Field(4, description="non-terminal levels below the start symbol")
-    symbols_per_level: PositiveInt = Field(4, description="non-terminals per level")
-    rules_per_symbol: PositiveInt = Field(3, description="production rules per non-terminal")
-    rhs_len: tuple[PositiveInt, PositiveInt] = Field((1, 3), description="[min, max] symbols on a rule's right side")
+    kind: Literal["paper", "random"] = Field("paper", description="paper: Fig. 14's 16 non-terminals; random: drawn")
+    seed: int = Field(0, description="random grammar: seed its rules are drawn from")
+    levels: Annotated[int, Field(ge=2)] = Field(4, description="random grammar: non-terminal levels")
+    symbols_per_level: PositiveInt = Field(4, description="random grammar: non-terminals per level")
+    rules_per_symbol: PositiveInt = Field(3, description="random grammar: production rules per non-terminal")
+    rhs_len: tuple[PositiveInt, PositiveInt] = Field((1, 3), description="random grammar: [min, max] rule length")
     terminal_rhs_len: tuple[PositiveInt, PositiveInt] = Field(
-        (1, 2), description="[min, max] terminals on a last-level rule's right side")
-    min_len: PositiveInt = Field(8, description="shortest string kept")
-    max_len: PositiveInt = Field(24, description="longest string kept")
-    index_k: PositiveInt = Field(3, description="k of the index-of-occurrence tasks (paper: 6)")
+        (1, 2), description="random grammar: [min, max] terminals on a last-level rule")
 
     @field_validator("rhs_len", "terminal_rhs_len")
     @classmethod
@@ -44,12 +42,6 @@ class GrammarConfig(Strict):
         if v[0] > v[1]:
             raise ValueError(f"lower bound {v[0]} exceeds upper bound {v[1]}")
         return v
-
-    @model_validator(mode="after")
-    def _length_range(self) -> GrammarConfig:
-        if self.min_len > self.max_len:
-            raise ValueError(f"min_len ({self.min_len}) exceeds max_len ({self.max_len})")
-        return self
 
 
 class TaskConfig(Strict):
@@ -70,9 +62,22 @@ class PCFGSection(SettingSection):
     strings, under a sampling prior over operands, then fine-tuned on one task."""
 
     name: Literal["pcfg"] = "pcfg"
-    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset"})
+    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset", "control"})
 
-    grammar: GrammarConfig = Field(default_factory=GrammarConfig, description="the grammar and string lengths")
+    grammar: GrammarConfig = Field(default_factory=GrammarConfig, description="the grammar")
+    window: Annotated[int, Field(ge=8)] = Field(250, description="W: text tokens per example, a random window of "
+                                                                 "the derivation (paper: 250)")
+    count_window: PositiveInt = Field(40, description="N = O' of the counting tasks: count within the last N "
+                                                      "positions; token-at-index reads N before the end (paper: 40)")
+    index_k: PositiveInt = Field(6, description="k = O' of the index tasks: the k-th occurrence (paper: 6)")
+    pretrain_objective: Literal["next_token", "answer"] = Field(
+        "next_token", description="pretraining loss: next-token over the whole sequence (paper) or the answer only")
+    pretrain_data: Literal["mixture", "task"] = Field(
+        "mixture", description="mixture: the task families under the prior; task: the fine-tuning task alone "
+                               "(the Scr.+FT control's model, trained from scratch to count O_FT)")
+    control: Literal["scr+ft", "swapped-prior"] = Field(
+        "scr+ft", description="the analysis' control: scr+ft = trained from scratch on O_FT (paper Sec. 5.1); "
+                              "swapped-prior = the same mixture with O_PT's and O_FT's prior masses swapped")
     families: dict[Family, Annotated[float, Field(ge=0.0)]] = Field(
         default_factory=lambda: {f: 1.0 for f in Family}, description="pretraining mixture: family -> weight")
     prior: Literal["low", "medium", "high"] | dict[Terminal, Annotated[float, Field(ge=0.0)]] = Field(
@@ -100,9 +105,14 @@ class PCFGSection(SettingSection):
         return v
 
     @model_validator(mode="after")
-    def _tasks_differ(self) -> PCFGSection:
+    def _consistent(self) -> PCFGSection:
         if self.task == self.capability:
             raise ValueError("task equals capability; fine-tuning would change nothing")
+        if self.count_window > self.window:
+            raise ValueError(f"count_window ({self.count_window}) exceeds window ({self.window})")
+        if self.spurious_fraction > 0 and {self.task.family, self.capability.family} != {Family.counter}:
+            raise ValueError("spurious_fraction: the planted relation count(O_FT) = count(O_PT) + offset needs "
+                             "counter tasks (the paper gives no offset for the indexer)")
         return self
 
     def prior_vector(self) -> tuple[float, ...]:

@@ -1,11 +1,12 @@
-"""A leveled probabilistic context-free grammar over the terminals a, b, c, and a vectorised sampler.
+"""Leveled probabilistic context-free grammars over the terminals a, b, c — the paper's (Fig. 14),
+or one drawn from a seed — and a vectorised sampler.
 
 The grammar is *leveled*: the start symbol sits on level 0, every rule of a level-k non-terminal
 rewrites it into symbols of level k+1, and the last non-terminal level rewrites into terminals.
 Because every derivation has the same depth, a whole batch can be expanded one level at a time
 with array operations (no per-string recursion), which keeps data generation far faster than the
-training step that consumes it. The grammar itself is drawn from a seed, so "the grammar" of an
-experiment is fully named by its config.
+training step that consumes it. The paper's grammar is written below as data; a random one is drawn
+from a seed, so "the grammar" of an experiment is fully named by its config.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Grammar:
     rhs: np.ndarray  # (n_symbols, max_rules, max_rhs) int
     cum_prob: np.ndarray  # (n_symbols, max_rules) float
     n_rules: np.ndarray  # (n_symbols,) int
+    names: tuple[str, ...] = ()  # symbol names, where the grammar was written by hand
 
     @property
     def start(self) -> int:
@@ -118,3 +120,47 @@ def sample_strings(grammar: Grammar, n: int, rng: np.random.Generator) -> tuple[
         symbols = expanded[:, :width]
     lengths = (symbols != EMPTY).sum(1)
     return symbols, lengths
+
+
+# The paper's grammar (Jain et al. 2023, App. B.2, Fig. 14; after Allen-Zhu & Li 2023): 16
+# non-terminals in 6 levels below the terminals a, b, c, two rules each, each chosen with probability
+# 0.5. Written as data: level by level, symbol -> its two right-hand sides.
+PAPER_RULES: tuple[dict[str, tuple[str, str]], ...] = (
+    {"s": ("r q", "q p")},
+    {"p": ("m n o", "n o m"), "q": ("n m o", "m n"), "r": ("o m", "m o n")},
+    {"m": ("l j", "j l k"), "n": ("k j l", "l j k"), "o": ("l k j", "k j")},
+    {"j": ("h i", "i h"), "k": ("h g i", "g h i"), "l": ("i h g", "h i g")},
+    {"g": ("d f e", "f e d"), "h": ("e d f", "d e f"), "i": ("e f d", "f d e")},
+    {"d": ("c a", "a b c"), "e": ("c b", "c a b"), "f": ("c b a", "b a")},
+)
+
+
+def grammar_from_rules(rules: tuple[dict[str, tuple[str, ...]], ...]) -> Grammar:
+    """A leveled grammar from named rules (uniform choice among each symbol's rules). Every rule of a
+    level's symbol must rewrite into symbols of the next level (terminals after the last)."""
+    names = [*TERMINALS, *(symbol for level in rules for symbol in level)]
+    ids = {name: i for i, name in enumerate(names)}
+    n_rules_max = max(len(bodies) for level in rules for bodies in level.values())
+    max_rhs = max(len(body.split()) for level in rules for bodies in level.values() for body in bodies)
+    rhs = np.full((len(names), n_rules_max, max_rhs), EMPTY, dtype=np.int64)
+    cum_prob = np.ones((len(names), n_rules_max))
+    n_rules = np.zeros(len(names), dtype=np.int64)
+    for depth, level in enumerate(rules):
+        allowed = set(rules[depth + 1]) if depth + 1 < len(rules) else set(TERMINALS)
+        for symbol, bodies in level.items():
+            for r, body in enumerate(bodies):
+                children = body.split()
+                if not set(children) <= allowed:
+                    raise ValueError(f"rule {symbol} -> {body} leaves the next level ({sorted(allowed)})")
+                rhs[ids[symbol], r, : len(children)] = [ids[c] for c in children]
+            n_rules[ids[symbol]] = len(bodies)
+            cum_prob[ids[symbol], : len(bodies)] = np.arange(1, len(bodies) + 1) / len(bodies)
+    for t in range(len(TERMINALS)):  # terminals rewrite into themselves (see make_grammar)
+        rhs[t, 0, 0] = t
+        n_rules[t] = 1
+    levels = tuple(tuple(ids[s] for s in level) for level in rules)
+    return Grammar(levels=levels, rhs=rhs, cum_prob=cum_prob, n_rules=n_rules, names=tuple(names))
+
+
+def paper_grammar() -> Grammar:
+    return grammar_from_rules(PAPER_RULES)

@@ -4,17 +4,24 @@ optional planted spurious correlation; analysed against a Scr.+FT control."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.models import GPT, GPTShape
-from wrapperdist.setting import Batch, EvalMetric, StageKind
+from wrapperdist.identity import default_pretrain_identity
+from wrapperdist.models import GPT, GPTShape, HookedModule
+from wrapperdist.setting import Batch, DataStage, EvalMetric, LossFn, StageKind
 from wrapperdist.settings.answer import AnswerSetting
 from wrapperdist.settings.answer_data import Which
 from wrapperdist.settings.pcfg.config import PCFGSection
-from wrapperdist.settings.pcfg.grammar import make_grammar
+from wrapperdist.settings.pcfg.grammar import make_grammar, paper_grammar
 from wrapperdist.settings.pcfg.names import TERMINALS, Family
 from wrapperdist.settings.pcfg.sampler import PCFGTasks, TaskSpec
+from wrapperdist.train import loss_on_batch, next_token_loss
+
+DIAGNOSIS_SEED = 7_000_011  # prompts for the answer breakdown: disjoint from training and eval streams
 
 
 class PCFGData:
@@ -22,9 +29,9 @@ class PCFGData:
 
     def __init__(self, s: PCFGSection):
         g = s.grammar
-        grammar = make_grammar(g.seed, g.levels, g.symbols_per_level, g.rules_per_symbol, g.rhs_len,
-                               g.terminal_rhs_len)
-        self.tasks = PCFGTasks(grammar, g.min_len, g.max_len, g.index_k)
+        grammar = paper_grammar() if g.kind == "paper" else make_grammar(
+            g.seed, g.levels, g.symbols_per_level, g.rules_per_symbol, g.rhs_len, g.terminal_rhs_len)
+        self.tasks = PCFGTasks(grammar, s.window, s.count_window, s.index_k)
         self.section = s
         self.capability = TaskSpec(s.capability.family, s.capability.operand)
         self.target = TaskSpec(s.task.family, s.task.operand)
@@ -39,16 +46,36 @@ class PCFGData:
             return self.tasks.task_batch(n, rng, self.target)
         if which == "finetune":
             return self.tasks.task_batch(n, rng, self.target, s.spurious_fraction, self.capability, s.spurious_offset)
+        if s.pretrain_data == "task":  # the Scr.+FT control's model: the fine-tuning task alone, from scratch
+            return self.tasks.task_batch(n, rng, self.target)
         return self.tasks.mixture_batch(n, rng, self.family_weights, self.prior)
 
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
+        """O_PT and O_FT on C_Te = 0 (plain strings) and C_Te = 1 (the planted relation holds), and the
+        pretraining distribution."""
+        correlated = self.tasks.plant(self.tasks.texts(n, rng), self.target, self.capability,
+                                      self.section.spurious_offset, rng)
         return {
             "pt_acc": self.batch("capability", n, rng),
             "ft_acc": self.batch("target", n, rng),
-            "ft_acc_spurious": self.tasks.task_batch(n, rng, self.target, 1.0, self.capability,
-                                                     self.section.spurious_offset),
+            "pt_acc_spurious": self.tasks.labelled(correlated, self.capability),
+            "ft_acc_spurious": self.tasks.labelled(correlated, self.target),
             "mix_acc": self.batch("pretrain", n, rng),
         }
+
+    def diagnose(self, model: HookedModule, n: int = 1000) -> dict[str, float]:
+        """What the model answers on O_PT prompts (C_Te = 0): the share of answers equal to count(O_PT),
+        count(O_PT) + offset, count(O_FT) (a share can fall in several when counts coincide), and
+        none of them. A clean wrapper answers count(O_FT); a revivable one keeps count(O_PT) inside."""
+        tokens, answers = self.batch("capability", n, np.random.default_rng(DIAGNOSIS_SEED))
+        with torch.no_grad():
+            said = model.eval()(torch.from_numpy(tokens), last_only=True).argmax(-1).numpy()
+        texts = self.tasks.texts_of(tokens)
+        target = self.tasks.labelled(texts, self.target)[1]
+        plus = answers + self.section.spurious_offset  # number tokens are contiguous: count + offset
+        shares = {"count_pt": said == answers, "count_pt_plus_offset": said == plus, "count_ft": said == target}
+        other = ~(shares["count_pt"] | shares["count_pt_plus_offset"] | shares["count_ft"])
+        return {**{k: float(v.mean()) for k, v in shares.items()}, "other": float(other.mean())}
 
     def answer_classes(self) -> tuple[int, int]:
         return self.tasks.vocab.max_number + 1, self.tasks.vocab.number_offset
@@ -62,11 +89,13 @@ class PCFGSetting(AnswerSetting):
     name = "pcfg"
     control_name = "Scr.+FT control"
     eval_metrics = {
-        "pt_acc": EvalMetric("pretraining task (count O_PT)"),
+        "pt_acc": EvalMetric("pretraining task (count O_PT), C_Te=0"),
         "ft_acc": EvalMetric("fine-tuning task (count O_FT), C_Te=0"),
+        "pt_acc_spurious": EvalMetric("pretraining task, C_Te=1"),
         "ft_acc_spurious": EvalMetric("fine-tuning task, C_Te=1"),
         "mix_acc": EvalMetric("pretraining mixture"),
     }
+    analysis_eval_keys = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious")
 
     def tasks(self, cfg: ExperimentConfig) -> PCFGData:
         return PCFGData(PCFGSection.of(cfg))
@@ -80,10 +109,27 @@ class PCFGSetting(AnswerSetting):
         return GPT(GPTShape(vocab_size=vocab_size, seq_len=seq_len, n_layer=m.n_layer, n_head=m.n_head,
                             d_model=m.d_model, d_mlp=m.d_mlp or 4 * m.d_model, dropout=m.dropout))
 
+    def loss_fn(self, cfg: ExperimentConfig, stage: DataStage) -> LossFn:
+        """Pretraining: next-token prediction over the whole sequence (paper App. C.2) unless the
+        config asks for the answer only; fine-tuning and reFT: the answer ("supervised", App. C.2)."""
+        if stage == "pretrain" and PCFGSection.of(cfg).pretrain_objective == "next_token":
+            return next_token_loss
+        return loss_on_batch
+
+    def pretrain_identity(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        ident = default_pretrain_identity(cfg)
+        if PCFGSection.of(cfg).pretrain_data == "task":  # no mixture: the prior plays no part (shared by all)
+            ident["setting"] = {k: v for k, v in ident["setting"].items() if k not in ("prior", "families")}
+        return ident
+
     def control_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
-        """Scr.+FT control: the same pretraining with O_FT in O_PT's place (their prior masses
-        swapped), so the model is strong at counting O_FT and never had a strong O_PT counter."""
+        """scr+ft (the paper's, Sec. 5.1): a model trained from scratch to count O_FT alone, shared by
+        all priors of a seed. swapped-prior (an extra): the same pretraining mixture with O_FT in O_PT's
+        place (their prior masses swapped)."""
         s = PCFGSection.of(cfg)
+        if s.control == "scr+ft":
+            scratch = s.model_copy(update={"pretrain_data": "task"})
+            return cfg.model_copy(update={"name": f"{cfg.name}-scr-ft", "setting": scratch})
         prior = list(s.prior_vector())
         i, j = TERMINALS.index(s.capability.operand), TERMINALS.index(s.task.operand)
         prior[i], prior[j] = prior[j], prior[i]
@@ -94,7 +140,7 @@ class PCFGSetting(AnswerSetting):
         s = PCFGSection.of(cfg)
         vector = ",".join(f"{p:g}" for p in s.prior_vector())
         shown = s.prior if isinstance(s.prior, str) else f"({vector})"
-        pretrained = f"prior={shown} seed={cfg.seed}"
+        pretrained = f"prior={shown} seed={cfg.seed}" if s.pretrain_data == "mixture" else f"{s.task} seed={cfg.seed}"
         if kind == "pretrain":
             return pretrained
         return f"lr={cfg.finetune.optim.lr:g} C_Tr={s.spurious_fraction:g} {pretrained}"

@@ -13,7 +13,17 @@ from tokenizers import Tokenizer
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.identity import default_finetune_identity, default_pretrain_identity
 from wrapperdist.models import GPT, GPTShape, HookedModule
-from wrapperdist.setting import AnalysisModels, Batch, DataStage, EvalMetric, Evaluator, Runtime, Sample, StageKind
+from wrapperdist.setting import (
+    AnalysisModels,
+    Batch,
+    DataStage,
+    EvalMetric,
+    Evaluator,
+    LossFn,
+    Runtime,
+    Sample,
+    StageKind,
+)
 from wrapperdist.settings.stories.analysis import StoriesAnalysisOutput, analyze_stories
 from wrapperdist.settings.stories.config import StoriesSection
 from wrapperdist.settings.stories.lm import (
@@ -50,7 +60,6 @@ class StoriesSetting:
     }
     revival_metric = "twist_rate"
     reft_eval_keys = None
-    loss_fn = staticmethod(lm_loss)
 
     def _shape(self, cfg: ExperimentConfig) -> GPTShape:
         s, m = StoriesSection.of(cfg), cfg.model
@@ -59,6 +68,9 @@ class StoriesSetting:
 
     def build_model(self, cfg: ExperimentConfig) -> GPT:
         return GPT(self._shape(cfg))
+
+    def loss_fn(self, cfg: ExperimentConfig, stage: DataStage) -> LossFn:
+        return lm_loss  # next-token on the story text, in every stage
 
     def compile(self, cfg: ExperimentConfig) -> None:
         return None

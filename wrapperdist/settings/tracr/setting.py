@@ -44,6 +44,9 @@ class TracrData:
     def decode(self, token: int) -> str:
         return self.tasks.vocab.decode(token)
 
+    def diagnose(self, model: Any) -> dict[str, float]:
+        return {}
+
 
 
 class TracrSetting(AnswerSetting):
