@@ -50,6 +50,7 @@ class FineTune:
     seed: int
     metrics: dict[str, float]
     pt_acc_pretrained: float  # the fine-tune's step-0 evaluation: the pretrained model, before any FT
+    ft_acc_pretrained: float
     analysis: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (x, value)
     reft_budgets: dict[int, float] = field(default_factory=dict)  # budget -> pt_acc after reFT
 
@@ -85,7 +86,8 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
         pretrained = _pretrained_as(names.get(r.data.tags.get(PARENT_TAG, ""), ""))
         ft = FineTune(r.info.run_id, pretrained, float(p["finetune.optim.lr"]),
                       float(p.get("setting.spurious_fraction", 0.0)), int(p["seed"]), dict(r.data.metrics),
-                      _history(client, r.info.run_id, "pt_acc")[0][1])
+                      _history(client, r.info.run_id, "pt_acc")[0][1],
+                      _history(client, r.info.run_id, "ft_acc")[0][1])
         for child in by_parent[r.info.run_id]:
             if child.info.status != "FINISHED":
                 continue
@@ -181,17 +183,18 @@ def panel_grid(fts: list[FineTune], series: dict[str, str], xlabel: str, title: 
 
 
 PRUNING_SERIES = {
-    "count O_PT, grad x weight units removed": "prune.paper.pt_acc",
-    "count O_PT, random units removed": "prune.random.pt_acc",
-    "count O_FT, grad x weight units removed": "prune.paper.ft_acc",
-    "count O_FT, random units removed": "prune.random.ft_acc",
+    "count O_PT, C_Te=0, grad x weight rows removed (Alg. 3)": "prune.paper.pt_acc",
+    "count O_PT, C_Te=1, grad x weight rows removed": "prune.paper.pt_acc_spurious",
+    "count O_PT, C_Te=0, random rows removed": "prune.random.pt_acc",
+    "count O_FT, C_Te=0, grad x weight rows removed": "prune.paper.ft_acc",
+    "count O_FT, C_Te=0, random rows removed": "prune.random.ft_acc",
 }
 PROBE_SERIES = {f"{m} model": f"probe.pt.{m}" for m in PROBE_MODELS}
 REFT_SERIES = {
     "fine-tuned -> reFT": "reft.finetuned.pt_acc",
     "Scr.+FT, same lr": "reft.control.pt_acc",
     "Scr.+FT, 10x lr": "reft.control_high_lr.pt_acc",
-    "random init": "reft.random_init.pt_acc",
+    "Scr. (random init)": "reft.random_init.pt_acc",
 }
 
 
@@ -328,7 +331,7 @@ def build_report(experiment: str, out: Path, sweep_id: str | None = None) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     figures = {"accuracy": accuracy_figure(fts)}
     if any(f.analysis for f in fts):
-        figures["pruning"] = panel_grid(fts, PRUNING_SERIES, "MLP units removed (K)",
+        figures["pruning"] = panel_grid(fts, PRUNING_SERIES, "weight rows removed (K)",
                                         "accuracy of the fine-tuned model after pruning")
         figures["probes"] = panel_grid(fts, PROBE_SERIES, "residual stream depth (0 = embeddings)",
                                        "linear probe for count O_PT, per layer")

@@ -57,3 +57,27 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
     for run in analyses:  # the compare view needs every key on every run
         assert {"verdict_wrapper", "verdict_reft_faster", "evidence.probe_gap", "evidence.reft_reached_finetuned",
                 "evidence.reft_final_pt_acc_finetuned", "evidence.reft_final_pt_acc_control"} <= set(run.data.metrics)
+
+
+def test_tab5_analogue_from_the_same_kind_of_sweep(tmp_path, monkeypatch, capsys):
+    """analysis/tab5.py prints the paper's Tab. 5 cell beside the sweep's mean for each condition."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**TINY, "tracking": {"experiment": "t5"}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "t5", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"), "analyze": False,
+        "grid": {"setting.prior": ["low"], "finetune.optim.lr": [1e-3, 3e-4], "setting.spurious_fraction": [0.5]}}))
+    assert main(["sweep", str(tmp_path / "sweep.yaml"), "--local"]) == 0
+    spec = importlib.util.spec_from_file_location("tab5", ROOT / "analysis" / "tab5.py")
+    tab5 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tab5)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("t5")
+    sweep = client.search_runs([exp.experiment_id], "tags.`wrapperdist.stage` = 'sweep'")[0]
+    fts = _report_module().collect(client, exp.experiment_id, sweep.info.run_id)
+    lines = tab5.tables(fts)
+    low = next(line for line in lines if line.startswith("| low |"))
+    assert "| 100 / " in low and "| 27.1 / " in low  # the paper's pretrained count-a / count-b cells
+    row = next(line for line in lines if line.startswith("| L | low | 0.5 |"))
+    assert row.count(" / ") == 4 and "9.7 / " in row and "99.9 / " in row  # eta_L (1e-3 here), C_Tr 0.5
+    ours = next(f for f in fts if f.lr == 1e-3).metrics["ft_acc"]
+    assert f"{100 * ours:.1f} ± 0.0" in row.split("|")[6]
