@@ -22,6 +22,9 @@ from wrapperdist.mech import (
     steps_to_reach,
     train_probe,
     units_removed,
+    weight_label,
+    weight_scores,
+    weights_removed,
 )
 from wrapperdist.models import GPT, GPTShape
 
@@ -196,3 +199,24 @@ def test_row_pruning_finds_a_planted_row_and_restores_the_behaviour():
     curve = removal_curve(model, random_row_ranking(model, seed=0), [1, 5], lambda m: {"acc": accuracy()},
                           rows_removed)
     assert all(p.metrics["acc"] < 0.2 for p in curve)
+
+
+def test_single_weight_pruning_finds_a_planted_weight():
+    """Alg. 3 on single weights (the paper's unit for Tracr): the one planted weight ranks first, and
+    zeroing it alone restores the behaviour."""
+    torch.manual_seed(1)
+    model = GPT(SHAPE).eval()
+    with torch.no_grad():
+        model.ln_f.weight[0], model.ln_f.bias[0] = 0.0, 10.0
+    tokens, _ = _batch(128)
+    with torch.no_grad():
+        answers = model(tokens, last_only=True).argmax(-1)
+    wrong = next(t for t in range(SHAPE.vocab_size) if t not in set(answers.tolist()))
+    with torch.no_grad():
+        model.head.weight[wrong, 0] = 100.0
+    ranking = rank_rows(weight_scores(model, tokens, answers))
+    assert ranking[0] == ("head.weight", wrong * SHAPE.d_model) and weight_label(model, ranking[0]) == \
+        f"head.weight[{wrong}, 0]"
+    with weights_removed(model, ranking[:1]), torch.no_grad():
+        assert (model(tokens, last_only=True).argmax(-1) == answers).all()
+    assert model.head.weight[wrong, 0] == 100.0  # restored

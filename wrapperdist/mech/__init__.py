@@ -7,22 +7,28 @@ from wrapperdist.mech.pruning import (
     CurvePoint,
     LearnedMask,
     Row,
+    Weight,
     grad_x_weight_scores,
     learned_removal_mask,
     random_ranking,
     random_row_ranking,
+    random_weight_ranking,
     rank_rows,
     rank_units,
     removal_curve,
     row_scores,
     rows_removed,
     units_removed,
+    weight_label,
+    weight_scores,
+    weights_removed,
 )
 from wrapperdist.mech.reft import steps_to_reach
 from wrapperdist.mech.verdict import Evidence, Verdict, judge
 from wrapperdist.mech.weights import mlp_unit_change, relative_change, weight_change_markdown
 
 __all__ = [
+    "Weight", "random_weight_ranking", "weight_label", "weight_scores", "weights_removed",
     "Row", "rank_rows", "random_row_ranking", "row_scores", "rows_removed",
     "CurvePoint", "Evidence", "LearnedMask", "ProbeResult", "Verdict", "attention_patterns",
     "grad_x_weight_scores", "judge", "learned_removal_mask", "majority_baseline",

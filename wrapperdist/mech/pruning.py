@@ -184,7 +184,8 @@ def row_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor) ->
 
 
 def rank_rows(scores: dict[str, torch.Tensor]) -> list[Row]:
-    """Every row of every eligible matrix, highest score first."""
+    """Every entry of the scores — rows of every eligible matrix, or single weights (flat indices) —
+    highest score first, as (parameter name, index)."""
     flat = torch.cat(list(scores.values()))
     owners = [(name, i) for name, s in scores.items() for i in range(s.numel())]
     return [owners[int(j)] for j in torch.argsort(flat, descending=True, stable=True)]
@@ -216,3 +217,59 @@ def rows_removed(model: nn.Module, rows: Sequence[Row]) -> Iterator[None]:
                 weight[i] = old
                 if bias is not None:
                     bias[i] = old_bias
+
+
+# The paper's unit for the compiled (Tracr) models (App. D): single weights.
+
+Weight = tuple[str, int]  # (weight parameter name, flat index into it)
+
+
+def weight_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Alg. 3 on single weights: gradient·weight of the pretraining-task cross-entropy, elementwise
+    (flattened), for every weight matrix `weight_matrices` names."""
+    matrices = weight_matrices(model)
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        F.cross_entropy(model(tokens, last_only=True), answers).backward()
+    scores = {name: (weight.grad * weight).detach().flatten() for name, (weight, _) in matrices.items()}
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+def random_weight_ranking(model: nn.Module, seed: int) -> list[Weight]:
+    sizes = [(name, weight.numel()) for name, (weight, _) in weight_matrices(model).items()]
+    total = sum(n for _, n in sizes)
+    picks = np.random.default_rng(seed).permutation(total)[:1000]  # removal curves never go near all of them
+    bounds = np.cumsum([0] + [n for _, n in sizes])
+    out = []
+    for flat in picks:
+        i = int(np.searchsorted(bounds, flat, side="right")) - 1
+        out.append((sizes[i][0], int(flat - bounds[i])))
+    return out
+
+
+def weight_label(model: nn.Module, weight: Weight) -> str:
+    """`blocks.1.attn.v.weight[97, 0]`: the paper's (block, matrix, index) naming of a pruned weight."""
+    name, flat = weight
+    tensor = weight_matrices(model)[name][0]
+    index = np.unravel_index(flat, tuple(tensor.shape))
+    return f"{name}[{', '.join(str(int(i)) for i in index)}]"
+
+
+@contextmanager
+def weights_removed(model: nn.Module, weights: Sequence[Weight]) -> Iterator[None]:
+    """Zero the given single weights for the duration of the block."""
+    matrices = weight_matrices(model)
+    saved = []
+    with torch.no_grad():
+        for name, flat in weights:
+            tensor = matrices[name][0].view(-1)
+            saved.append((tensor, flat, tensor[flat].clone()))
+            tensor[flat] = 0.0
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, flat, old in reversed(saved):
+                tensor[flat] = old

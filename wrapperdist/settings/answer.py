@@ -41,6 +41,7 @@ class AnswerSetting:
     revival_metric = "pt_acc"
     reft_eval_keys: tuple[str, ...] | None = ("pt_acc", "ft_acc")
     analysis_eval_keys: tuple[str, ...] = ("pt_acc", "ft_acc")  # what pruning curves evaluate
+    pruning_unit = "rows"  # the paper's unit for trained models (App. D): a row of a weight matrix
 
     def tasks(self, cfg: ExperimentConfig) -> AnswerTasks:
         raise NotImplementedError

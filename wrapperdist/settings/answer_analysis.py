@@ -24,6 +24,7 @@ from wrapperdist.mech import (
     pattern_shift,
     probe_layers,
     random_row_ranking,
+    random_weight_ranking,
     rank_rows,
     rank_units,
     relative_change,
@@ -32,6 +33,9 @@ from wrapperdist.mech import (
     rows_removed,
     steps_to_reach,
     weight_change_markdown,
+    weight_label,
+    weight_scores,
+    weights_removed,
 )
 from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure, weight_change_figure
@@ -83,25 +87,35 @@ def _as_tensors(batch) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
 
 
-PAPER_PRUNING = "rows, grad x weight (paper Alg. 3)"
+PAPER_PRUNING = "paper's unit, grad x weight (Alg. 3)"
+# The paper's pruning unit per setting (App. D): rows of weight matrices for the PCFG models, single
+# weights for the compiled ones — (scores, random ranking, remover).
+PRUNING_UNITS = {
+    "rows": (row_scores, random_row_ranking, rows_removed),
+    "weights": (weight_scores, random_weight_ranking, weights_removed),
+}
 
 
 def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTasks, model: HookedModule,
              evaluate: Evaluator, sink: Sink):
-    """Removal curves: the paper's rows by one-step grad x weight, random rows, and on MLP units the
-    same score and a learned mask (the two named alternatives)."""
+    """Removal curves: the paper's unit (rows, or single weights) by one-step grad x weight, random
+    units of that kind, and on MLP units the same score and a learned mask (named alternatives)."""
     p = cfg.analysis.prune
     rng = np.random.default_rng(ANALYSIS_SEED)
     tokens, answers = _as_tensors(tasks.batch("capability", p.score_samples, rng))
-    rows = removal_curve(model, rank_rows(row_scores(model, tokens, answers)), p.ks, evaluate, rows_removed)
-    random_rows = [removal_curve(model, random_row_ranking(model, seed), p.ks, evaluate, rows_removed)
+    score, random_ranking_of, remove = PRUNING_UNITS[setting.pruning_unit]
+    ranking = rank_rows(score(model, tokens, answers))
+    rows = removal_curve(model, ranking, p.ks, evaluate, remove)
+    first = [weight_label(model, w) if setting.pruning_unit == "weights" else f"{w[0]} row {w[1]}"
+             for w in ranking[:5]]
+    random_rows = [removal_curve(model, random_ranking_of(model, seed), p.ks, evaluate, remove)
                    for seed in range(p.random_controls)]
     units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
     batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
     learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
     curves = {
         PAPER_PRUNING: [(c.k, c.metrics) for c in rows],
-        "random rows (control)": _mean_curve(random_rows),
+        f"random {setting.pruning_unit} (control)": _mean_curve(random_rows),
         "MLP units, grad x weight": [(c.k, c.metrics) for c in units],
         "MLP units, learned mask": [(c.k, c.metrics) for c in removal_curve(model, learned.ranking, p.ks, evaluate)],
     }
@@ -109,7 +123,7 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
         for k, metrics in curves[method]:
             sink.log_metrics({f"prune.{key}.{m}": v for m, v in metrics.items()}, k)
     sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
-    return curves, learned
+    return curves, learned, first
 
 
 def _mean_curve(curves: list[list]) -> list[tuple[int, dict[str, float]]]:
@@ -185,7 +199,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     top_units = mlp_unit_change(pretrained, finetuned)[:8]
     figures["weights"] = weight_change_figure(changes, f"where fine-tuning changed the weights ({cfg.name})")
 
-    curves, learned = _pruning(setting, cfg, tasks, finetuned, evaluate, sink)
+    curves, learned, first_pruned = _pruning(setting, cfg, tasks, finetuned, evaluate, sink)
     figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})")
 
     random_init = random_like(pretrained, cfg.seed + 1)
@@ -216,7 +230,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     )
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
     report = render_report(setting.describe(cfg), cfg, evidence, verdict, curves, probes, floors, reft_steps, shift,
-                           len(learned.removed), answers)
+                           len(learned.removed), answers, first_pruned)
     report += weight_change_markdown(changes, top_units)
     reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=True)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
@@ -225,7 +239,8 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
 
 
 def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: Verdict, curves, probes, floors,
-                  reft_steps, shift, learned_removed: int, answers: dict[str, float]) -> str:
+                  reft_steps, shift, learned_removed: int, answers: dict[str, float],
+                  first_pruned: list[str]) -> str:
     v = cfg.analysis.verdict
 
     def yes(flag: bool) -> str:
@@ -254,7 +269,8 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
         cells = [f"{pts[i][1]['pt_acc']:.3f} / {pts[i][1]['ft_acc']:.3f}" for pts in curves.values()]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", f"Best paper-method gain within K <= {v.prune_max_k}: {e.prune_best_gain:+.3f} at K = "
-              f"{e.prune_best_k}. The learned mask removed {learned_removed} units.", "",
+              f"{e.prune_best_k}. The paper's method removes first: {', '.join(first_pruned)}. "
+              f"The learned mask removed {learned_removed} MLP units.", "",
               "## Probes (held-out accuracy, best layer; per-layer values in probes.png)", "",
               "| model | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
     for model in next(iter(probes.values())):

@@ -51,5 +51,6 @@ class AnswerSettingLike(Setting, Protocol):
     """What the shared analysis needs of an answer setting: the protocol, plus its data."""
 
     analysis_eval_keys: tuple[str, ...]
+    pruning_unit: str  # "rows" or "weights"
 
     def tasks(self, cfg: ExperimentConfig) -> AnswerTasks: ...

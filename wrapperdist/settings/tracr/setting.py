@@ -52,6 +52,7 @@ class TracrData:
 class TracrSetting(AnswerSetting):
     name = "tracr"
     control_name = "Scr.+FT control"
+    pruning_unit = "weights"  # the paper prunes single weights of the compiled models (App. D)
     eval_metrics = {
         "pt_acc": EvalMetric("compiled target (O_PT)"),
         "ft_acc": EvalMetric("fine-tuning target (O_FT)"),
