@@ -155,17 +155,19 @@ def _tune_trainable(config: dict[str, Any]) -> None:
     """A Tune function trial: one node (grid), or one sampled fine-tune (search)."""
     from ray import tune
 
+    from wrapperdist.sweep.cluster import NodeReport
     from wrapperdist.sweep.ray_train import ray_train_backend
 
+    report = NodeReport(tune.report)  # every report also says on which Ray node the trial ran
     node = node_of_trial(config, tune.get_context().get_trial_id())
     sampled = node.key != Node.from_dict(config["node"]).key
     store = Store(config["store"])
     layout = config["layout"]
     backend = None
     if layout["train_workers"] and node.kind in ("pretrain", "finetune", "reft"):
-        backend = ray_train_backend(tune.report, layout["train_workers"], layout["use_gpu"], config["storage"],
+        backend = ray_train_backend(report, layout["train_workers"], layout["use_gpu"], config["storage"],
                                     config["run_name"])
-    outcome = run_node(node, store, tune.report, backend, announce=not sampled)
+    outcome = run_node(node, store, report, backend, announce=not sampled)
     if not outcome.metrics:
         tune.report({"event": "empty"})
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapperdist.config import ExperimentConfig
+from wrapperdist.sweep.cluster import NodeReport, gather_worker_nodes, train_failure_config, train_worker_resources
 from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
 
@@ -37,6 +38,7 @@ def _worker(config: dict[str, Any]) -> None:
     node = Node.from_dict(config["node"])
     init = Path(config["init"]) if config["init"] else None
     sink = MemorySink()
+    nodes = gather_worker_nodes()  # a collective: every rank, before any may return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if node.kind == "pretrain":
@@ -50,6 +52,7 @@ def _worker(config: dict[str, Any]) -> None:
                 save_checkpoint(out / "model.pt", model, {**meta, "stage": "reft", "budget": node.budget})
         if dist.is_main:
             (out / "history.json").write_text(json.dumps(sink.metrics))
+            (out / "nodes.json").write_text(json.dumps(nodes))
             ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(str(out)))
         else:
             ray.train.report({"done": 1}, checkpoint=None)
@@ -60,7 +63,7 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
         import ray.train
         from ray.train.torch import TorchTrainer
 
-        per_worker = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 0.99}  # 0.01 is the Tune trial's own share
+        per_worker = train_worker_resources(use_gpu)  # 0.01 CPU is the Tune trial's own share
         cfg_one_thread = cfg.model_copy(update={"torch_threads": 1, "progress": False})
         trainer = TorchTrainer(
             _worker,
@@ -70,14 +73,17 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
                                                    resources_per_worker=per_worker),
             run_config=ray.train.RunConfig(
                 name=f"{run_name}-{node.key}", storage_path=storage_path,
-                # a trial that cannot get its workers errors out instead of waiting forever
-                failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=1),
+                # a trial that cannot get its workers errors out instead of waiting forever; a lost
+                # worker fails the trial, which Tune retries (see sweep/cluster.py)
+                failure_config=train_failure_config(),
             ),
         )
         result = trainer.fit()
         out_dir.mkdir(parents=True, exist_ok=True)
         with result.checkpoint.as_directory() as ckpt:
             history = json.loads((Path(ckpt) / "history.json").read_text())
+            if isinstance(report, NodeReport):
+                report.train_workers_ran_on(json.loads((Path(ckpt) / "nodes.json").read_text()))
             (out_dir / "model.pt").write_bytes((Path(ckpt) / "model.pt").read_bytes())
         replay = ReportingSink(node, report)
         for step, metrics in history:
