@@ -26,8 +26,9 @@ def tiny_trial(config: dict) -> None:
     tune.report({**where, "end": time.time()})
 
 
-def train_worker(config: dict) -> None:
-    ray.train.report({**placed(), "rank": ray.train.get_context().get_world_rank()})
+def train_worker(config: dict) -> dict:
+    # Train V2 keeps metrics only with a checkpoint; rank 0's return value comes back as is
+    return {**placed(), "rank": ray.train.get_context().get_world_rank()}
 
 
 def main(storage: str) -> None:
@@ -43,7 +44,7 @@ def main(storage: str) -> None:
         torch_config=TorchConfig(backend="gloo"), run_config=RunConfig(storage_path=storage, name="gpu-train"))
     result = train.fit()
     print("RESULT " + json.dumps({"trials": [r.metrics for r in trials],
-                                  "train_rank0": result.metrics, "train_error": str(result.error or "")}))
+                                  "train_rank0": result.return_value, "train_error": str(result.error or "")}))
 
 
 if __name__ == "__main__":
