@@ -47,6 +47,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) runs mlartifacts mlflow.db .pytest_cache .ruff_cache

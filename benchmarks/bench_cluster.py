@@ -8,7 +8,10 @@ Each worker node has 1 CPU and each trial asks for 1 CPU (in-process training, 1
 so at most one trial per node. On a 2-core machine the head's own processes share the cores with
 the two nodes: the ratio is a floor of what separate machines would give.
 
-    python benchmarks/bench_cluster.py [--finetunes 6] [--steps 400]
+    python benchmarks/bench_cluster.py [--finetunes 4] [--steps 1500]
+
+Short trials measure Ray's per-trial overhead, not the nodes: with 6 fine-tunes of 400 steps the
+ratio was 1.01x (2 trials at once, each slower); with 4 of 1500 steps, 1.48x (both on 2 cores).
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ def run_on_cluster(root: Path, max_nodes: int, finetunes: int, steps: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--finetunes", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps per trial")
+    parser.add_argument("--finetunes", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=1500, help="fine-tuning steps per trial")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         one = run_on_cluster(Path(tmp) / "one", 1, args.finetunes, args.steps)
