@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_overlap.py sweeps/cpu_small.yaml
+	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) runs mlartifacts mlflow.db .pytest_cache .ruff_cache

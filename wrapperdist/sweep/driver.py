@@ -12,6 +12,8 @@ from typing import Any
 
 from wrapperdist.config import config_hash, flatten
 from wrapperdist.store import Store
+from wrapperdist.sweep.cluster import autoscaling_config, cluster_layout
+from wrapperdist.sweep.cluster import describe as describe_concurrency
 from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
 from wrapperdist.sweep.recorder import SweepRecorder
@@ -100,6 +102,9 @@ def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: 
     have = ray.cluster_resources()  # a cluster may be bigger than this machine
     layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=int(have.get("GPU", 0)))
     log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
+    if address or os.environ.get("RAY_ADDRESS"):  # a cluster that may grow: see sweep/cluster.py
+        layout = cluster_layout(layout, sweep.spec.resources.max_concurrent_trials, autoscaling_config())
+        log(f"on the cluster: {describe_concurrency(layout)}")
     return RayExecutor(sweep, store, recorder, layout, storage)
 
 

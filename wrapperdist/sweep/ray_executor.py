@@ -15,6 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.store import Store
+from wrapperdist.sweep.cluster import NodeReport
 from wrapperdist.sweep.executors import Layout, searched_config
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report
 from wrapperdist.sweep.ray_callback import MLflowTreeCallback
@@ -49,14 +50,15 @@ def node_of_trial(config: dict[str, Any], trial_id: str, nodes: dict[str, Node])
 def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
     """A Tune function trial: one node (grid), or one sampled fine-tune (search)."""
     trial_id = tune.get_context().get_trial_id()
+    report = NodeReport(tune.report)  # every report also says on which Ray node the trial ran
     node = node_of_trial(config, trial_id, context.nodes)
     sampled = node.key != config[NODE_KEY]
     layout = context.layout
     backend = None
     if layout.train_workers and node.kind in ("pretrain", "finetune", "reft"):
-        backend = ray_train_backend(tune.report, layout.train_workers, layout.use_gpu, context.storage,
+        backend = ray_train_backend(report, layout.train_workers, layout.use_gpu, context.storage,
                                     context.run_name)
-    outcome = run_node(node, Store(context.store), tune.report, layout.runtime(), backend, announce=not sampled)
+    outcome = run_node(node, Store(context.store), report, layout.runtime(), backend, announce=not sampled)
     if not outcome.metrics:
         tune.report({"event": "empty"})
 

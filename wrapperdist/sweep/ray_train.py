@@ -21,6 +21,7 @@ from wrapperdist.setting import Runtime
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.sink import MemorySink
 from wrapperdist.stages import run_stage
+from wrapperdist.sweep.cluster import NodeReport, gather_worker_nodes, train_failure_config, train_worker_resources
 from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
 from wrapperdist.train.distributed import Distributed
@@ -35,12 +36,14 @@ def _worker(config: dict[str, Any]) -> None:
     node: Node = config["node"]
     init = Path(config["init"]) if config["init"] else None
     sink = MemorySink()
+    nodes = gather_worker_nodes()  # a collective: every rank, before any may return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         run_stage(node.kind, setting_for(node.config), node.config, init, out, sink,
                   Runtime(dist=dist, threads=1, progress=False), node.budget)
         if dist.is_main:
             (out / "history.json").write_text(json.dumps(sink.metrics))
+            (out / "nodes.json").write_text(json.dumps(nodes))
             ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(str(out)))
         else:
             ray.train.report({"done": 1}, checkpoint=None)
@@ -48,7 +51,7 @@ def _worker(config: dict[str, Any]) -> None:
 
 def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path: str, run_name: str) -> TrainBackend:
     def run(node: Node, init: Path | None, out_dir: Path):
-        per_worker = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 0.99}  # 0.01 is the Tune trial's own share
+        per_worker = train_worker_resources(use_gpu)  # 0.01 CPU is the Tune trial's own share
         trainer = TorchTrainer(
             _worker,
             train_loop_config={"node": node, "init": str(init) if init else ""},
@@ -56,14 +59,17 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
                                                    resources_per_worker=per_worker),
             run_config=ray.train.RunConfig(
                 name=f"{run_name}-{node.key}", storage_path=storage_path,
-                # a trial that cannot get its workers errors out instead of waiting forever
-                failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=1),
+                # a trial that cannot get its workers errors out instead of waiting forever; a lost
+                # worker fails the trial, which Tune retries (see sweep/cluster.py)
+                failure_config=train_failure_config(),
             ),
         )
         result = trainer.fit()
         out_dir.mkdir(parents=True, exist_ok=True)
         with result.checkpoint.as_directory() as ckpt:
             history = json.loads((Path(ckpt) / "history.json").read_text())
+            if isinstance(report, NodeReport):
+                report.train_workers_ran_on(json.loads((Path(ckpt) / "nodes.json").read_text()))
             (out_dir / "model.pt").write_bytes((Path(ckpt) / "model.pt").read_bytes())
         replay = ReportingSink(node, report, setting_for(node.config).eval_metrics)
         for step, metrics in history:

@@ -17,6 +17,7 @@ from typing import Any
 from wrapperdist.config import ExperimentConfig, flatten
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.store import Store, scratch_dir
+from wrapperdist.sweep.cluster import WhereTags
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, node_report
 from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, MLflowSink, Tracker
 
@@ -34,6 +35,7 @@ class SweepRecorder:
         self.trial_nodes: dict[str, str] = {}  # Tune trial id -> node key
         self.failed: dict[str, str] = {}  # node key -> FAILED run id (still a parent for the tree)
         self.eval_keys: dict[str, set[str]] = {}  # node key -> its setting's evaluation metrics
+        self.where = WhereTags()  # the Ray node (and host) each stage ran on, as run tags
         previous = self._previous(sweep_name, spec_hash) if resume else None
         if previous is not None:
             self.sweep_run_id = previous.info.run_id
@@ -85,6 +87,7 @@ class SweepRecorder:
         metrics = {k[len(METRIC_PREFIX):]: float(v) for k, v in result.items()
                    if k.startswith(METRIC_PREFIX) and isinstance(v, int | float)}
         run_id = self.open.get(key) or self._create(result, trial_id)
+        self.where.tag(self.client, run_id, result)
         sink = MLflowSink(self.client, run_id)
         if event == "progress" and metrics:
             sink.log_metrics(metrics, int(result.get("step", 0)))
