@@ -4,6 +4,7 @@ what ran and what failed. analysis/report.py later puts the report in front of t
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,3 +39,17 @@ def describe(client: MlflowClient, run_id: str, name: str, status: str, summary:
     )
     client.set_tag(run_id, SUMMARY_TAG, summary[:5000])
     client.set_tag(run_id, NOTE_TAG, note)
+
+
+def publish_report(client: MlflowClient, sweep_id: str, folder: Path, figures: list[str]) -> None:
+    """A sweep's report on its own run, so the MLflow UI alone tells the story: the figures and
+    report.md as artifacts under report/, and the report (figure links pointing at those artifacts,
+    then the execution summary) as the run's description."""
+    client.log_artifacts(sweep_id, str(folder), "report")
+    text = (folder / "report.md").read_text()
+    links = ", ".join(f"`report/{name}.png`" for name in figures)
+    text = re.sub(r"^Figures: .*$", f"Figures (this run's Artifacts tab): {links}", text, flags=re.M)
+    summary = client.get_run(sweep_id).data.tags.get(SUMMARY_TAG)
+    if summary:
+        text += f"\n## How the sweep ran\n\n```\n{summary}\n```\n"
+    client.set_tag(sweep_id, NOTE_TAG, text)
