@@ -90,9 +90,9 @@ def test_huge_grid_is_refused_at_once(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_sweep(path)
     assert time.perf_counter() - start < 1.0
-    assert str(err.value) == (f"{path}: grid: 1,000,000 points (100 finetune.optim.lr x 100 "
-                              "finetune.optim.steps x 100 seed) exceed max_grid_points (10,000); raise it in the file or "
-                              "with --set max_grid_points=N")
+    assert str(err.value) == (f"{path}: grid: 1,000,000 points (100 finetune.optim.lr x 100 finetune.optim.steps "
+                              "x 100 seed) exceed max_grid_points (10,000); raise it in the file or with "
+                              "--set max_grid_points=N")
     assert len(load_sweep(path, ["max_grid_points=2000000", "grid.seed=[0]", "grid.finetune.optim.steps=[5]"])
                .points) == 100
 

@@ -86,6 +86,16 @@ class SweepProgress:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks (and with them the recorder and its listeners) into the
+        experiment state; a copy needs the counts only, not the lock, thread, bar or stream."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("lock", "bar", "_ticker", "_stop", "stream")}
+        return {**state, "clock": time.monotonic}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, stream=sys.stderr, bar=None, lock=threading.RLock(), _ticker=None,
+                             _stop=threading.Event())
+
     # -- phases ---------------------------------------------------------------------------------
     def phase(self, name: str, nodes: list[Node] | int) -> None:
         """A phase begins: `nodes` (or just how many trials, for a search)."""
