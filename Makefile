@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo tracr stories test lint bench clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "wrapperdist needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) -V 2>&1 || echo missing)." \
+	       "Run: make PYTHON=python3.11 (or newer). No .venv was created." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev,ray,tracr]'
 	touch $(STAMP)
@@ -22,8 +25,7 @@ demo: install
 	$(BIN)/python analysis/summarize.py --experiment wrapperdist
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 	@echo
-	@echo "Report:    $(CURDIR)/reports/headline/report.md (figures beside it)"
-	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  ->  http://127.0.0.1:5000"
+	@echo "Report:    $(CURDIR)/reports/headline/report.md (figures beside it; also on the sweep's MLflow run)"
 
 ## The Tracr setting: compiled Counter and Max-identifier, fine-tuned over an LR grid x 3 seeds,
 ## analysed and revived; reports under reports/tracr-counter/ and reports/tracr-max/.

@@ -6,7 +6,8 @@
 Writes, under OUT/<sweep name>/: accuracy.png (pretraining/fine-tuning accuracy per prior × LR),
 pruning.png (accuracy vs units pruned), probes.png (probe accuracy per layer: pretrained / fine-tuned /
 reFT / random init), revival.png (reFT curves vs the from-scratch controls, with the revival-budget
-runs), spurious.png (effect of C_Tr, when the sweep varies it) and report.md.
+runs), spurious.png (effect of C_Tr, when the sweep varies it) and report.md — and logs them to
+the sweep's MLflow run (artifacts report/, the report as the run's description; --no-mlflow: not).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, resolve_tracking_uri  # noqa: E402
+from wrapperdist.sweep.publish import publish_report  # noqa: E402
+from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, resolve_tracking_uri, ui_hint  # noqa: E402
 
 PROBE_MODELS = ("pretrained", "fine-tuned", "reFT", "random")
 
@@ -311,7 +313,8 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(experiment: str, out: Path, sweep_id: str | None = None) -> Path:
+def build_report(experiment: str, out: Path, sweep_id: str | None = None, publish: bool = True) -> Path:
+    """Write OUT/<sweep>/report.md and its figures; with `publish`, also onto the sweep's MLflow run."""
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -344,6 +347,8 @@ def build_report(experiment: str, out: Path, sweep_id: str | None = None) -> Pat
         plt.close(fig)
     report = folder / "report.md"
     report.write_text(markdown(sweep_name, fts, list(figures)))
+    if publish:
+        publish_report(client, sweep_id, folder, list(figures))
     return report
 
 
@@ -352,8 +357,12 @@ def main() -> None:
     parser.add_argument("--experiment", default="wrapperdist", help="MLflow experiment name")
     parser.add_argument("--sweep", help="sweep run id (default: the latest sweep)")
     parser.add_argument("--out", default="reports", type=Path, help="output folder")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the report to the sweep's MLflow run")
     args = parser.parse_args()
-    print(f"report: {build_report(args.experiment, args.out, args.sweep)}")
+    print(f"report: {build_report(args.experiment, args.out, args.sweep, publish=not args.no_mlflow)}")
+    uri = resolve_tracking_uri()
+    exp = MlflowClient(uri).get_experiment_by_name(args.experiment)
+    print(f"MLflow: the sweep run's description and report/ artifacts hold it too\n  {ui_hint(uri, exp.experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -159,3 +159,66 @@ def test_help_is_generated_from_the_field_descriptions(capsys):
     assert f"seed: {description}" in text
     assert "setting.spurious_fraction: C_Tr: share of fine-tuning examples with the planted relation" in text
     assert "setting (name: tracr)" in text and "setting.noise_std:" in text
+
+
+# Bad bytes and bad YAML: one `FILE: problem` line each (the file's name, then what is wrong).
+YAML_CASES = [
+    ("utf-16 file", "name: t\n".encode("utf-16"), "not UTF-8 text (byte 0xff at offset 0; it looks like UTF-16"),
+    ("binary garbage", bytes(range(128, 256)) * 4, "not UTF-8 text (byte 0x80 at offset 0)"),
+    ("NUL bytes", b"name: t\n\x00\x00", "not UTF-8 text (NUL byte at offset 8"),
+    ("duplicate top key", b"name: a\nseed: 1\nname: b\n", ":3:1: duplicate key 'name' (first on line 1)"),
+    ("duplicate nested key", b"model:\n  n_layer: 1\n  n_layer: 2\n", ":3:3: duplicate key 'n_layer' (first on line 2)"),
+]
+
+
+@pytest.mark.parametrize("content,expected", [c[1:] for c in YAML_CASES], ids=[c[0] for c in YAML_CASES])
+def test_unreadable_yaml_is_one_line(tmp_path, capsys, content, expected):
+    from wrapperdist.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(str(path)) and expected in err and "\n" not in err, err
+
+
+def test_utf8_bom_and_merge_keys_are_fine(tmp_path):
+    path = tmp_path / "ok.yaml"
+    # a merge plus the same key is not a duplicate
+    text = "base: &b {n_layer: 1}\n" + yaml.safe_dump(VALID).replace("model:\n", "model:\n  <<: *b\n")
+    path.write_bytes("\ufeff".encode() + text.encode())
+    with pytest.raises(ConfigError, match="base: Extra inputs"):  # read, then validated as usual
+        load_config(path)
+
+
+SET_CASES = [  # (--set arguments, substring of the error; None: valid)
+    (["finetune.optim.lr=1e-5"], None),
+    (["finetune.optim.lr=-1"], "(with --set finetune.optim.lr=-1): finetune.optim.lr: Input should be greater than 0"),
+    (["model.n_head=3"], "model: d_model (16) must be divisible by n_head (3)"),
+    (["finetune.optim.lr"], "--set 'finetune.optim.lr': expected PATH=VALUE"),
+    (["=3"], "expected PATH=VALUE"),
+    (["model..n_head=3"], "expected PATH=VALUE"),
+    (["model.n_layer.x=1"], "--set model.n_layer.x: model.n_layer is 1, not a section"),
+    (["finetune.optim.lr=[1"], "--set value '[1'"),
+    (["model.n_layerz=2"], "model.n_layerz: Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", SET_CASES, ids=[" ".join(c[0]) for c in SET_CASES])
+def test_set_overrides_are_validated_like_the_file(tmp_path, overrides, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    if expected is None:
+        cfg = load_config(path, overrides=overrides)
+        assert cfg.finetune.optim.lr == 1e-5  # `1e-5` is a float, although YAML 1.1 would keep it a string
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides=overrides)
+    assert str(err.value).startswith(str(path)) and expected in str(err.value), str(err.value)
+
+
+def test_set_values_are_yaml():
+    from wrapperdist.overrides import parse_overrides
+
+    assert parse_overrides(["a=true", "b=null", "c=[50, 200]", "d=medium", "e=3", "f=1.5e-3", "g="]) == [
+        ("a", True), ("b", None), ("c", [50, 200]), ("d", "medium"), ("e", 3), ("f", 1.5e-3), ("g", "")]

@@ -148,7 +148,7 @@ NAMES_A_SETTING = ("wrapperdist.settings.registry", "wrapperdist.config", "wrapp
 
 def _config_may_import(module: str) -> bool:
     return (module.split(".")[0] in (*sys.stdlib_module_names, "pydantic", "pydantic_core", "yaml")
-            or module == "wrapperdist.schema"
+            or module in ("wrapperdist.schema", "wrapperdist.yamlio", "wrapperdist.overrides")  # stdlib + yaml only
             or any(module in (f"{s}.config", f"{s}.names") for s in SPECIFIC_SETTINGS))
 
 
@@ -169,7 +169,8 @@ RULES = {
         lambda i: _under(i.importer, CORE) and _under(i.target, (*RUNNERS, "wrapperdist.settings")),
         Import("wrapperdist.models.gpt", "mlflow", PACKAGE / "models/gpt.py", 1, "function")),
     "config": Rule(
-        "config and schema import only stdlib, pydantic, yaml, schema and the settings' config/names modules",
+        "config and schema import only stdlib, pydantic, yaml, schema, yamlio, overrides and the settings' "
+        "config/names modules",
         lambda i: _under(i.importer, ("wrapperdist.config", "wrapperdist.schema")) and not _config_may_import(i.target),
         Import("wrapperdist.config", "wrapperdist.settings.pcfg.grammar", PACKAGE / "config.py", 1, "top")),
     "settings": Rule(

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import optuna
 import psutil
 import pytest
 import yaml
@@ -124,6 +125,12 @@ def test_optuna_search_with_asha(tmp_path):
     ft = [r for r in runs if r.data.tags["wrapperdist.stage"] == "finetune"]
     lrs = {float(r.data.params["finetune.optim.lr"]) for r in ft}
     assert len(ft) == 4 and len(lrs) == 4 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    # OptunaSearch kept its study in the sweep's storage, where optuna-dashboard finds it
+    url = f"sqlite:///{tmp_path / 'results' / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage=url)
+    trials = optuna.load_study(study_name=summary.study_name, storage=url).trials
+    assert len(trials) == 4 and {t.params["finetune.optim.lr"] for t in trials} == lrs
+    assert "[finetune search 1/1] finished: " in done.stderr  # progress, a line per trial off a terminal
 
 
 def _free_port() -> int:

@@ -51,6 +51,14 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
         assert re.search(rf"\| {sum(values) / 2:.3f} ± \d\.\d{{3}} \|", row.split("| 2 |")[1]), row
         assert re.search(r"\| (\d+( ± \d+)?|never) \(\d/2 reached\) \|", row), row  # steps, never-reached counted
     assert "single C_Tr value" in text and not (folder / "spurious.png").exists()
+    # the report lives on the sweep's MLflow run too: figures as artifacts, the report as its description
+    client = mlflow.MlflowClient()
+    sweep = mlflow.search_runs(experiment_names=["rep"], output_format="list",
+                               filter_string="tags.`wrapperdist.stage` = 'sweep'")[0]
+    logged = {a.path for a in client.list_artifacts(sweep.info.run_id, "report")}
+    assert {"report/report.md", "report/accuracy.png", "report/revival.png"} <= logged
+    note = client.get_run(sweep.info.run_id).data.tags["mlflow.note.content"]
+    assert note.startswith("# Sweep rep") and "`report/accuracy.png`" in note and "## How the sweep ran" in note
     analyses = mlflow.search_runs(experiment_names=["rep"], output_format="list",
                                   filter_string="tags.`wrapperdist.stage` = 'analysis'")
     assert len(analyses) == 4

@@ -106,6 +106,17 @@ def test_local_sweep_tree_reuse_and_failures(tmp_path, monkeypatch):
     assert {"plots/pruning.png", "plots/probes.png"} <= plots
     assert len(client.get_metric_history(analysis.info.run_id, "prune.paper.pt_acc")) == 3
     assert sweep.data.metrics["nodes_failed"] == 3
+    # the run page tells what ran: the summary table naming the failed trials, and the resolved spec
+    note = sweep.data.tags["mlflow.note.content"]
+    assert "failed trials (3):\n  [finetune] ft lr=0.001 C_Tr=0.5 prior=medium seed=0: ValueError: counter(b) = " \
+        "counter(a) + 40 almost never holds" in note
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id, "spec")} == {"spec/sweep.yaml",
+                                                                                 "spec/experiment.yaml"}
+    # each stage's generated data is a dataset input: same data config, same digest
+    data = {(r.data.tags["wrapperdist.stage"], r.data.params.get("setting.spurious_offset")):
+            r.inputs.dataset_inputs[0].dataset for r in runs if r.data.tags["wrapperdist.stage"] != "sweep"}
+    assert data[("pretrain", "1")].name == "pcfg pretrain data" and data[("pretrain", "1")].source_type == "code"
+    assert data[("finetune", "1")].digest != data[("finetune", "40")].digest  # different data config
     # `wrapperdist analyze` finds a sweep fine-tune's pretrained model through its parent run
     assert main(["analyze", ok_ft.info.run_id]) == 0
     again = [r for r in _tree()[0] if r.data.tags.get("mlflow.parentRunId") == ok_ft.info.run_id

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from wrapperdist.config import ConfigError, ExperimentConfig, load_config
 from wrapperdist.confighelp import field_reference
-from wrapperdist.models import load_model
 from wrapperdist.setting import Runtime, TextGenerating
 from wrapperdist.settings.registry import load_plugins, setting_for
 from wrapperdist.sweep.plan import make_plan
@@ -24,9 +23,18 @@ SQLite store ./mlflow.db, which `mlflow ui` started in this directory opens; set
 MLFLOW_TRACKING_URI to use another store or a tracking server."""
 
 
-def _load(path: str) -> ExperimentConfig:
+OVERRIDES_TAG = "wrapperdist.overrides"  # the --set arguments a run was started with
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override one field, e.g. --set finetune.optim.lr=1e-4 (repeatable; the value is YAML; "
+                   "validated like the file)")
+
+
+def _load(path: str, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
     try:
-        return load_config(path)
+        return load_config(path, overrides=overrides)
     except ConfigError as err:
         print(f"invalid configuration:\n{err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -36,7 +44,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.configs:
         try:
-            load_config(path)
+            load_config(path, overrides=args.overrides)
             print(f"{path}: ok")
         except ConfigError as err:
             print(err, file=sys.stderr)
@@ -46,16 +54,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from wrapperdist.pipeline import run_experiment  # heavy imports only when work is done
+    from wrapperdist.tracking import ui_hint
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, args.overrides)
     runtime = Runtime(progress=not args.no_progress)
+    tags = {OVERRIDES_TAG: " ".join(args.overrides)} if args.overrides else None
     try:
-        summary = run_experiment(cfg, stages, init_from=getattr(args, "init_from", None), runtime=runtime)
+        summary = run_experiment(cfg, stages, init_from=getattr(args, "init_from", None), runtime=runtime,
+                                 extra_tags=tags)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
-    print(f"\nMLflow store: {summary['tracking_uri']}\n  browse it: mlflow ui   (from {Path.cwd()})")
+    print(f"\nMLflow store: {summary['tracking_uri']}\n  {ui_hint(summary['tracking_uri'], summary['experiment_id'])}")
     return 0
 
 
@@ -75,24 +86,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from wrapperdist.sweep.driver import describe, run_sweep  # MLflow and Ray: only when work is done
+    from wrapperdist.tracking import ui_hint
 
     try:
-        sweep = load_sweep(args.spec)
+        sweep = load_sweep(args.spec, args.overrides)
     except ConfigError as err:
         print(f"invalid sweep:\n{err}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(describe(sweep, make_plan(sweep)))
         return 0
-    summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address)
+    summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address,
+                        overrides=args.overrides)
     print(json.dumps(summary, indent=2))
-    print(f"\nMLflow store: {summary['tracking_uri']}\n  browse it: mlflow ui   (from {Path.cwd()})")
+    print(f"\nMLflow store: {summary['tracking_uri']}\n  {ui_hint(summary['tracking_uri'], summary['experiment_id'])}")
     return 1 if summary["failed"] else 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import tempfile
 
+    from wrapperdist.models import load_model
     from wrapperdist.pipeline import resolve_checkpoint
     from wrapperdist.tracking import Tracker
 
@@ -129,6 +143,7 @@ def _experiment_commands(sub) -> None:
                        description="Validate experiment YAML files; print every bad field as file: field: reason.",
                        epilog=experiment_fields, formatter_class=raw)
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files to check")
+    _add_set(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("pretrain", help="pretrain a model (PCFG mixture, stories LM) or compile a Tracr program",
@@ -137,6 +152,7 @@ def _experiment_commands(sub) -> None:
                        "'tracr'). Records one MLflow parent run with a 'pretrain' child (params, curves, "
                        "checkpoint).")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    _add_set(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda a: _run(a, ("pretrain",)))
 
@@ -145,6 +161,7 @@ def _experiment_commands(sub) -> None:
                        "with its spurious-correlation share C_Tr; Tracr: toward setting.finetune_target; stories: "
                        "the deletion protocol), tracking both the fine-tuning and the pretraining task.")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    _add_set(p)
     p.add_argument("--from", dest="init_from", metavar="RUN_OR_PATH",
                    help="a checkpoint file, or an MLflow run id (a pretrain run, or an invocation with one); "
                    "default: finetune.from_checkpoint in the config")
@@ -156,6 +173,7 @@ def _experiment_commands(sub) -> None:
                        "run with a child per stage. With --analyze, the analysis stage follows as a child of "
                        "the fine-tune run.", epilog=experiment_fields, formatter_class=raw)
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
+    _add_set(p)
     p.add_argument("--analyze", action="store_true", help="also run pruning, probing, attention and reFT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda a: _run(a, ("pretrain", "finetune", "analyze") if a.analyze
@@ -191,6 +209,7 @@ def _run_commands(sub) -> None:
                    help="continue the last interrupted run of this sweep: finished stages are kept, runs left "
                    "RUNNING by a killed driver are marked KILLED")
     p.add_argument("--dry-run", action="store_true", help="print the trials and resources, run nothing")
+    _add_set(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.set_defaults(func=cmd_sweep)
 

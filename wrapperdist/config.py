@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 # The built-in settings' config sections register themselves on import (see schema.SECTIONS).
 import wrapperdist.settings.pcfg.config
 import wrapperdist.settings.stories.config
 import wrapperdist.settings.tracr.config  # noqa: F401
+from wrapperdist.overrides import OverrideError, apply_overrides, parse_overrides
 from wrapperdist.schema import SECTIONS, Fraction, PositiveInt, SettingSection, Strict, parse_section
+from wrapperdist.yamlio import YamlError, read_yaml_file
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -209,27 +211,32 @@ def format_validation_error(source: str, err: ValidationError) -> str:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+    """A YAML mapping from a file: undecodable bytes, syntax errors and duplicate keys are one line each."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+        data = read_yaml_file(path)
+    except YamlError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: <top level>: expected a mapping of settings, got {type(data).__name__}")
     return data
 
 
-def load_config(path: str | Path, model: type[M] = ExperimentConfig) -> M:  # type: ignore[assignment]
-    """Read and validate a YAML file; raise ConfigError naming the file and every bad field."""
+def load_config(path: str | Path, model: type[M] = ExperimentConfig,  # type: ignore[assignment]
+                overrides: Sequence[str] = ()) -> M:
+    """Read and validate a YAML file, with `--set path=value` overrides applied on top; raise
+    ConfigError naming the file and every bad field (or the bad override)."""
     data = read_yaml(path)
+    source = str(path)
+    if overrides:
+        try:
+            apply_overrides(data, parse_overrides(overrides))
+        except OverrideError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        source = f"{path} (with --set {' '.join(overrides)})"
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(str(path), err)) from None
+        raise ConfigError(format_validation_error(source, err)) from None
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

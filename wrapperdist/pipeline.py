@@ -41,15 +41,16 @@ def _tracked_stage(tracker: Tracker, setting: Setting, cfg: ExperimentConfig, st
 
 
 def run_experiment(cfg: ExperimentConfig, stages: tuple[str, ...] = ("pretrain", "finetune"),
-                   init_from: str | None = None, runtime: Runtime = DEFAULT_RUNTIME) -> dict:
+                   init_from: str | None = None, runtime: Runtime = DEFAULT_RUNTIME,
+                   extra_tags: dict[str, str] | None = None) -> dict:
     """Run the requested stages (pretrain, finetune, analyze). `init_from` (fine-tune only) is a
     checkpoint path or an MLflow run id (a pretrain run, or an invocation run with a pretrain child).
-    Returns a summary dict."""
+    `extra_tags` go on the invocation run (e.g. the command line's --set overrides). Returns a summary dict."""
     setting = setting_for(cfg)
     tracker = Tracker(cfg.tracking.experiment, cfg.tracking.tracking_uri)
-    summary: dict = {"tracking_uri": tracker.uri}
+    summary: dict = {"tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id}
     params = flatten(cfg.model_dump(mode="json"))
-    tags = {STAGE_TAG: "invocation", "wrapperdist.config_hash": config_hash(cfg)}
+    tags = {STAGE_TAG: "invocation", "wrapperdist.config_hash": config_hash(cfg), **(extra_tags or {})}
     with tracker.run(f"{'+'.join(stages)} {cfg.name}", None, params, tags) as parent:
         summary["parent_run_id"] = parent.run_id
         # The run id in the folder name keeps two invocations in the same second apart.

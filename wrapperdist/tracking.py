@@ -9,6 +9,7 @@ arguments, opens.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -17,16 +18,44 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 STAGE_TAG = "wrapperdist.stage"
+NOTE_TAG = "mlflow.note.content"  # the run's description, rendered as Markdown on its page
+# MLflow 3's UI opens an experiment on its GenAI (traces) view; this query opens the runs table.
+RUNS_VIEW = "runs?workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default (localhost only)
 PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests runs by
 MAX_PARAM_LEN = 6000
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI address of an experiment's training-runs table (or of one run's page)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    page = f"runs/{run_id}" if run_id else RUNS_VIEW
+    return f"{base}/#/experiments/{experiment_id}/{page}"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """How to look at the runs: the address, and for a local store the command that serves it
+    (naming the store, so it is the right one whatever MLFLOW_TRACKING_URI or the CWD are)."""
+    url = ui_url(tracking_uri, experiment_id, run_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"browse it: {url}"
+    return f"browse it: mlflow ui --backend-store-uri {tracking_uri}   then open {url}"
+
+
+def dataset_input(name: str, digest: str, source: dict[str, Any], context: str) -> DatasetInput:
+    """A generated data set as an MLflow dataset input (the runs table's Dataset column): the
+    source is the generator and its config, since there is no file to point at."""
+    dataset = Dataset(name=name, digest=digest, source_type="code", source=json.dumps(source, sort_keys=True))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 class MLflowSink:
@@ -57,6 +86,9 @@ class MLflowSink:
 
     def log_figure(self, figure: Any, name: str) -> None:
         self.client.log_figure(self.run_id, figure, name)
+
+    def log_inputs(self, inputs: list[DatasetInput]) -> None:
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

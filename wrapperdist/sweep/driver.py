@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,15 @@ from wrapperdist.config import config_hash, flatten
 from wrapperdist.store import Store
 from wrapperdist.sweep.cluster import autoscaling_config, cluster_layout
 from wrapperdist.sweep.cluster import describe as describe_concurrency
-from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, execute, layout_for
+from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, StudyRef, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
+from wrapperdist.sweep.progress import SweepProgress
+from wrapperdist.sweep.publish import describe as describe_run
+from wrapperdist.sweep.publish import log_spec
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import Sweep, load_sweep
-from wrapperdist.tracking import Tracker
+from wrapperdist.sweep.study import storage_url, study_name
+from wrapperdist.tracking import Tracker, ui_hint
 
 
 def describe(sweep: Sweep, plan: Plan) -> str:
@@ -72,7 +77,7 @@ def _reap_orphans(pid_file: Path) -> int:
     return killed
 
 
-def _start_ray(layout, pid_file: Path, address: str | None) -> None:
+def _start_ray(layout, pid_file: Path, address: str | None, log) -> None:
     import psutil
     import ray
 
@@ -83,9 +88,14 @@ def _start_ray(layout, pid_file: Path, address: str | None) -> None:
     if ray.is_initialized():
         return
     if address:
+        log(f"attaching to the Ray cluster at {address} (as asked: --address or $RAY_ADDRESS)")
         ray.init(address=address, log_to_driver=False)
         return
-    ray.init(num_cpus=layout.cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False)
+    # address="local": a new instance of our own, even when a `ray start --head` is still running or
+    # a crashed head left /tmp/ray/ray_current_cluster behind (ray.init() with no address attaches
+    # to those, and then refuses num_cpus).
+    ray.init(address="local", num_cpus=layout.cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+             log_to_driver=False)
     children = psutil.Process().children(recursive=True)
     pid_file.write_text(json.dumps([{"pid": p.pid, "created": p.create_time()} for p in children]))
 
@@ -98,7 +108,7 @@ def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: 
 
     from wrapperdist.sweep.ray_executor import RayExecutor
 
-    _start_ray(layout_for(sweep), pid_file, address or os.environ.get("RAY_ADDRESS"))
+    _start_ray(layout_for(sweep), pid_file, address or os.environ.get("RAY_ADDRESS"), log)
     have = ray.cluster_resources()  # a cluster may be bigger than this machine
     layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=int(have.get("GPU", 0)))
     log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
@@ -108,9 +118,22 @@ def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: 
     return RayExecutor(sweep, store, recorder, layout, storage)
 
 
+def _studies(sweep: Sweep, storage: str, recorder: SweepRecorder, log) -> Callable[[int], StudyRef] | None:
+    """A searched sweep's Optuna studies: one per grid point, in an RDB storage (see study.py)."""
+    if not sweep.spec.search:
+        return None
+    url = storage_url(sweep, storage)
+    names = [study_name(sweep.spec.name, recorder.sweep_run_id, i) for i in range(len(sweep.points))]
+    recorder.client.set_tag(recorder.sweep_run_id, "wrapperdist.optuna_storage", url)
+    recorder.client.set_tag(recorder.sweep_run_id, "wrapperdist.optuna_studies", ", ".join(names))
+    log(f"Optuna studies {', '.join(names)} in {url}  (look: optuna-dashboard {url})")
+    return lambda i: StudyRef(url, names[i])
+
+
 def run_sweep(path: str | Path, local: bool = False, resume: bool = False, address: str | None = None,
-              log=print) -> dict[str, Any]:
-    sweep = load_sweep(path)
+              overrides: Sequence[str] = (), log=print, progress: SweepProgress | None = None) -> dict[str, Any]:
+    """Run a sweep file (with `--set` overrides); `progress` shows it live (default: on stderr)."""
+    sweep = load_sweep(path, overrides)
     plan = make_plan(sweep)
     layout = layout_for(sweep)
     storage = sweep.spec.storage_path
@@ -121,7 +144,15 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
     tracker = Tracker(tracking.experiment, tracking.tracking_uri)
     params = flatten({"sweep": sweep.spec.model_dump(mode="json")})
     recorder = SweepRecorder(tracker, sweep.spec.name, _spec_hash(sweep), params, store, resume=resume)
-    log(f"sweep {sweep.spec.name}: MLflow run {recorder.sweep_run_id} in {tracker.uri}")
+    run_id = recorder.sweep_run_id
+    if overrides:
+        tracker.client.set_tag(run_id, "wrapperdist.overrides", " ".join(overrides))
+    log_spec(tracker.client, run_id, sweep)
+    log(f"sweep {sweep.spec.name}: MLflow run {run_id} in {tracker.uri}\n  "
+        f"{ui_hint(tracker.uri, tracker.experiment_id, run_id)}")
+    watcher = progress or SweepProgress()
+    recorder.listeners.append(watcher)
+    studies = _studies(sweep, storage, recorder, log)
     pid_file = _ray_pid_file(Path(storage) if "://" not in storage else Path.cwd(), sweep.spec.name)
     if resume and not local:
         reaped = _reap_orphans(pid_file)
@@ -138,12 +169,15 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
             runner = LocalExecutor(sweep, store, recorder, layout)
         else:
             runner = _ray_executor(sweep, store, recorder, storage, pid_file, address, log)
-        counts = execute(plan, sweep, runner, progress=log)
+        counts = execute(plan, sweep, runner, progress=log, on_phase=watcher.phase, studies=studies)
         status = "FINISHED"
     except (KeyboardInterrupt, _Terminated, SystemExit):  # Ctrl-C, or SIGTERM (ours or Ray's handler)
         status = "KILLED"
         raise
     finally:
+        summary = watcher.close()
+        log(summary)
+        describe_run(tracker.client, run_id, sweep.spec.name, status, summary)
         recorder.close(status)
         signal.signal(signal.SIGTERM, previous)
         if not local:
@@ -153,5 +187,5 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
                 ray.shutdown()
                 pid_file.unlink(missing_ok=True)
     wall = time.perf_counter() - start
-    return {"sweep_run_id": recorder.sweep_run_id, "tracking_uri": tracker.uri, "wall_s": round(wall, 1),
-            "store": store.uri, **counts}
+    return {"sweep_run_id": run_id, "tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+            "wall_s": round(wall, 1), "store": store.uri, **counts}

@@ -10,14 +10,15 @@ import math
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.setting import Runtime, default_threads
 from wrapperdist.store import Store
 from wrapperdist.sweep.plan import Node, Plan, downstream_nodes, finetune_node, unique
 from wrapperdist.sweep.recorder import SweepRecorder
-from wrapperdist.sweep.spec import SearchConfig, Sweep, set_dotted
+from wrapperdist.sweep.spec import SearchConfig, Sweep
+from wrapperdist.sweep.study import open_study, searched_config
 from wrapperdist.sweep.trials import NodeOutcome, run_node
 
 log = logging.getLogger(__name__)
@@ -68,23 +69,15 @@ def layout_for(sweep: Sweep, cpus: int | None = None, gpus: int = 0) -> Layout:
     return Layout(cpus, threads, min(r.max_concurrent_trials or fits, fits), 0, r.use_gpu)
 
 
-def searched_config(base: ExperimentConfig, sampled: dict[str, Any], name: str) -> ExperimentConfig:
-    """The base experiment with the searcher's sampled values at their dotted paths."""
-    data = base.model_dump(mode="json")
-    for path, value in sampled.items():
-        set_dotted(data, path, value)
-    data["name"] = name
-    return ExperimentConfig.model_validate(data)
-
-
 class Executor(Protocol):
     recorder: SweepRecorder
 
     def run_nodes(self, nodes: list[Node], phase: str) -> list[NodeOutcome]:
         """Run every node of one phase (their inputs exist); return those that finished."""
 
-    def search(self, base: ExperimentConfig, search: SearchConfig, phase: str) -> list[NodeOutcome]:
-        """An Optuna search over fine-tunes of `base`; return the finished ones."""
+    def search(self, base: ExperimentConfig, search: SearchConfig, phase: str, study: StudyRef) -> list[NodeOutcome]:
+        """An Optuna search over fine-tunes of `base` in `study`; return the finished ones (this
+        attempt's and, on resume, the earlier attempts')."""
 
 
 class LocalExecutor:
@@ -107,21 +100,22 @@ class LocalExecutor:
     def run_nodes(self, nodes: list[Node], phase: str) -> list[NodeOutcome]:
         return [o for o in (self._run(n) for n in nodes) if o is not None]
 
-    def search(self, base: ExperimentConfig, search: SearchConfig, phase: str) -> list[NodeOutcome]:
+    def search(self, base: ExperimentConfig, search: SearchConfig, phase: str, study: StudyRef) -> list[NodeOutcome]:
         """Optuna's own ask/tell loop in-process (ASHA needs Ray Tune and is not applied here)."""
         import optuna  # an optional dependency (the `ray` extra), needed only by searched sweeps
 
+        opened = open_study(study.url, study.name, search, base, self.store, self.recorder.handle)
+        opened.study.sampler = optuna.samplers.TPESampler(seed=opened.sampler_seed)
         distributions = {k: _optuna_distribution(d) for k, d in search.space.items()}
-        study = optuna.create_study(direction="maximize" if search.mode == "max" else "minimize",
-                                    sampler=optuna.samplers.TPESampler(seed=search.seed))
-        outcomes = []
-        for i in range(search.num_samples):
-            trial = study.ask(distributions)
-            outcome = self._run(finetune_node(searched_config(base, trial.params, f"{base.name} #{i}")))
+        outcomes = list(opened.previous)
+        for _ in range(opened.remaining):
+            trial = opened.study.ask(distributions)
+            config = searched_config(base, trial.params, f"{base.name} #{trial.number}")
+            outcome = self._run(finetune_node(config))
             if outcome is None or search.metric not in outcome.metrics:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                opened.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
-            study.tell(trial, outcome.metrics[search.metric])
+            opened.study.tell(trial, outcome.metrics[search.metric])
             outcomes.append(outcome)
         return outcomes
 
@@ -138,11 +132,27 @@ def _optuna_distribution(d):
     return od.CategoricalDistribution(d.choice)
 
 
-def execute(plan: Plan, sweep: Sweep, runner: Executor, progress: Callable[[str], None] = print) -> dict[str, int]:
-    """Phases in order; a node whose inputs failed fails too (recorded), the others go on."""
+@dataclass(frozen=True)
+class StudyRef:
+    """Where an Optuna search keeps its study (see study.py)."""
+
+    url: str
+    name: str
+
+
+PhaseListener = Callable[[str, "list[Node] | int"], None]
+
+
+def execute(plan: Plan, sweep: Sweep, runner: Executor, progress: Callable[[str], None] = print,
+            on_phase: PhaseListener | None = None, studies: Callable[[int], StudyRef] | None = None) -> dict[str, int]:
+    """Phases in order; a node whose inputs failed fails too (recorded), the others go on.
+    `on_phase(name, nodes)` hears each phase begin (live progress); `studies(i)` names grid
+    point i's Optuna study (searched sweeps)."""
 
     def phase(nodes: list[Node], name: str) -> list[NodeOutcome]:
         progress(f"phase {name}: {len(nodes)} node(s)")
+        if on_phase:
+            on_phase(name, nodes)
         return runner.run_nodes(nodes, name)
 
     done_pre = phase(plan.pretrain, "pretrain")
@@ -151,7 +161,11 @@ def execute(plan: Plan, sweep: Sweep, runner: Executor, progress: Callable[[str]
         finetuned: list[NodeOutcome] = []
         for i, point in enumerate(sweep.points):
             progress(f"phase finetune (search {i + 1}/{len(sweep.points)}): {search.num_samples} trial(s)")
-            finetuned += runner.search(point, search, f"finetune-search-{i}")
+            if on_phase:
+                on_phase(f"finetune search {i + 1}/{len(sweep.points)}", search.num_samples)
+            if studies is None:
+                raise ValueError("a searched sweep needs an Optuna storage (studies=)")
+            finetuned += runner.search(point, search, f"finetune-search-{i}", studies(i))
         downstream = unique([n for o in finetuned
                              for n in downstream_nodes(o.node.config, sweep.spec.revival_budgets, sweep.spec.analyze)])
     else:

@@ -16,12 +16,13 @@ from ray.tune.search.optuna import OptunaSearch
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.store import Store
 from wrapperdist.sweep.cluster import NodeReport
-from wrapperdist.sweep.executors import Layout, searched_config
+from wrapperdist.sweep.executors import Layout, StudyRef
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report
 from wrapperdist.sweep.ray_callback import MLflowTreeCallback
 from wrapperdist.sweep.ray_train import ray_train_backend
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import SearchConfig, Sweep
+from wrapperdist.sweep.study import open_study, searched_config
 from wrapperdist.sweep.trials import NodeOutcome, run_node
 
 NODE_KEY = "node"  # the param-space entry naming the node a trial runs; every other entry was sampled
@@ -97,18 +98,25 @@ class RayExecutor:
         results = self._tuner(phase, by_key, {NODE_KEY: tune.grid_search(list(by_key))}, layout).fit()
         return _outcomes(results, by_key)
 
-    def search(self, base: ExperimentConfig, search: SearchConfig, phase: str) -> list[NodeOutcome]:
+    def search(self, base: ExperimentConfig, search: SearchConfig, phase: str, study: StudyRef) -> list[NodeOutcome]:
+        import optuna
+
+        opened = open_study(study.url, study.name, search, base, self.store, self.recorder.handle)
+        if not opened.remaining:
+            return opened.previous
         space = {k: _tune_distribution(d) for k, d in search.space.items()}
         scheduler = None
         if search.asha:
             scheduler = ASHAScheduler(max_t=search.asha.max_t, grace_period=search.asha.grace_period,
                                       reduction_factor=search.asha.reduction_factor)
+        # OptunaSearch loads the study by name from the storage (load_if_exists) and asks/tells there
+        searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opened.sampler_seed),
+                                storage=optuna.storages.RDBStorage(study.url), study_name=study.name)
         node = finetune_node(base)
         results = self._tuner(phase, {node.key: node}, {NODE_KEY: node.key, **space}, self.layout,
                               metric=f"{METRIC_PREFIX}{search.metric}", mode=search.mode,
-                              num_samples=search.num_samples, search_alg=OptunaSearch(seed=search.seed),
-                              scheduler=scheduler).fit()
-        return _outcomes(results, {})
+                              num_samples=opened.remaining, search_alg=searcher, scheduler=scheduler).fit()
+        return opened.previous + _outcomes(results, {})
 
 
 def _tune_distribution(d):

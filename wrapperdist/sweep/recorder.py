@@ -12,18 +12,31 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from typing import Any
 
-from wrapperdist.config import ExperimentConfig, flatten
+from wrapperdist.config import ExperimentConfig, config_hash, flatten
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.store import Store, scratch_dir
 from wrapperdist.sweep.cluster import WhereTags
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, node_report
-from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, MLflowSink, Tracker
+from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, MLflowSink, Tracker, dataset_input
 
 log = logging.getLogger(__name__)
 
 KEY_TAG, SWEEP_TAG, SPEC_TAG = "wrapperdist.node_key", "wrapperdist.sweep", "wrapperdist.spec_hash"
+
+
+def stage_data(kind: str, experiment: dict[str, Any]):
+    """The data a stage generated, as an MLflow dataset input: named by setting and stage, with a
+    digest of what determines it (the `setting` section and the seeds), so runs on the same data
+    share a digest in the Dataset column."""
+    setting = experiment.get("setting") or {}
+    determines = {"stage": kind, "setting": setting, "seed": experiment.get("seed"),
+                  "eval_seed": (experiment.get("eval") or {}).get("seed")}
+    source = {"generator": f"wrapperdist.settings.{setting.get('name')}", **determines}
+    return dataset_input(f"{setting.get('name')} {kind} data", config_hash(determines), source,
+                         "evaluation" if kind == "analysis" else "training")
 
 
 class SweepRecorder:
@@ -36,6 +49,9 @@ class SweepRecorder:
         self.failed: dict[str, str] = {}  # node key -> FAILED run id (still a parent for the tree)
         self.eval_keys: dict[str, set[str]] = {}  # node key -> its setting's evaluation metrics
         self.where = WhereTags()  # the Ray node (and host) each stage ran on, as run tags
+        self.names: dict[str, str] = {}  # node key -> run name (for failures reported by trial id only)
+        # Called with (event, node key, report) for every trial event: live progress (sweep/progress.py)
+        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
         previous = self._previous(sweep_name, spec_hash) if resume else None
         if previous is not None:
             self.sweep_run_id = previous.info.run_id
@@ -76,9 +92,19 @@ class SweepRecorder:
             self._handle(result, trial_id)
         except Exception:  # noqa: BLE001 - logged, then the sweep goes on
             log.warning("MLflow recording failed for %s:\n%s", result.get("node_key"), traceback.format_exc())
+        if "node_key" in result:
+            self._notify(str(result.get("event")), result["node_key"], result)
+
+    def _notify(self, event: str, key: str, result: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, key, result)
+            except Exception:  # noqa: BLE001 - a display problem must not stop the sweep
+                log.warning("progress listener failed:\n%s", traceback.format_exc())
 
     def _handle(self, result: dict[str, Any], trial_id: str | None) -> None:
         key = result["node_key"]
+        self.names[key] = result.get("node_name", key)
         if trial_id:
             self.trial_nodes[trial_id] = key
         if key in self.finished:
@@ -116,6 +142,8 @@ class SweepRecorder:
         if result.get("runtime_threads"):  # how it ran (not part of its identity): torch threads of the trial
             params["runtime.threads"] = result["runtime_threads"]
         MLflowSink(self.client, run.info.run_id).log_params(params)
+        if experiment:
+            MLflowSink(self.client, run.info.run_id).log_inputs([stage_data(kind, experiment)])
         self.open[key] = run.info.run_id
         return run.info.run_id
 
@@ -171,12 +199,15 @@ class SweepRecorder:
             self.failed[key] = run_id
         except Exception:  # noqa: BLE001
             log.warning("could not record failure of %s:\n%s", key, traceback.format_exc())
+        name = node.name if node else self.names.get(key, key)
+        self._notify("fail", key, {"node_key": key, "node_name": name, "error": error})
 
     def stopped(self, trial_id: str) -> None:
         """A trial ended without finishing its stage: a scheduler (ASHA) stopped it early."""
         key = self.trial_nodes.get(trial_id)
         run_id = self.open.pop(key, None) if key else None
         if run_id:
+            self._notify("stopped", key, {"node_key": key, "node_name": self.names.get(key, key)})
             MLflowSink(self.client, run_id).set_tags({"wrapperdist.stopped_early": "true"})
             self.client.set_terminated(run_id, "KILLED")
 

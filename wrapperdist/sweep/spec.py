@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,12 +20,18 @@ from wrapperdist.config import (
     format_validation_error,
     read_yaml,
 )
+from wrapperdist.overrides import OverrideError, apply_overrides, parse_overrides, set_dotted
 from wrapperdist.settings.registry import setting_for
 
 # Sections that shape a pretrained model. Optuna samples per fine-tune trial, after the pretrained
 # models exist, so it may not search over these (grids may); within `setting`, the setting's own
 # pretraining fields are refused when the sweep is loaded (see `load_sweep`).
 PRETRAIN_FIELDS = ("seed", "model", "pretrain", "eval")
+# Every grid point is validated before anything runs (about 0.2 ms each): 10,000 points answer in
+# seconds; a typo'd axis that makes a million would take minutes, so it is refused at once.
+DEFAULT_MAX_GRID_POINTS = 10_000
+# Sweep-file sections whose keys are dotted experiment paths: `--set grid.seed=[0,1]` sets one key.
+KEYED_SECTIONS = ("grid", "overrides", "search.space")
 
 
 class Distribution(Strict):
@@ -63,6 +71,8 @@ class SearchConfig(Strict):
     seed: int = Field(0, description="the sampler's seed")
     space: dict[str, Distribution] = Field(description="dotted path -> distribution (fine-tuning fields only)")
     asha: AshaConfig | None = Field(None, description="early stopping of poor trials (Ray only)")
+    storage: str | None = Field(None, description="Optuna RDB URL of the studies (default: sqlite optuna.db "
+                                "beside the stage store; required when storage_path is a URI)")
 
     @model_validator(mode="after")
     def _not_pretraining(self) -> SearchConfig:
@@ -93,6 +103,8 @@ class SweepConfig(Strict):
     analyze: bool = Field(True, description="run the analysis stage (and its control's pretraining)")
     storage_path: str = Field("ray_results", description="local path, NFS mount or URI (s3://, gs://)")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    max_grid_points: PositiveInt = Field(
+        DEFAULT_MAX_GRID_POINTS, description="refuse a grid with more points than this (before validating any)")
 
     @model_validator(mode="after")
     def _non_empty_axes(self) -> SweepConfig:
@@ -100,18 +112,6 @@ class SweepConfig(Strict):
         if empty:
             raise ValueError(f"grid axes without values: {empty}")
         return self
-
-
-def set_dotted(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    node = data
-    for key in parents:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {} if child is None else child
-            node[key] = child
-        node = child
-    node[last] = value
 
 
 class Sweep(BaseModel):
@@ -142,46 +142,88 @@ def point_name(sweep: str, assignment: dict[str, Any]) -> str:
     return " ".join([sweep, *parts])
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read a sweep file, its base experiment, and validate every grid point before anything runs."""
-    path = Path(path)
+def _grid_size(grid: dict[str, list[Any]]) -> int:
+    return math.prod(len(values) for values in grid.values())
+
+
+def _split_overrides(overrides: Sequence[str]) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """`--set` on a sweep: paths that start with a sweep-file field (`resources.cpus`, `grid.seed`)
+    change the sweep file; any other path (`finetune.optim.lr`) changes the base experiment."""
+    sweep_fields = set(SweepConfig.model_fields)
+    parsed = parse_overrides(overrides)
+    return ([(p, v) for p, v in parsed if p.split(".")[0] in sweep_fields],
+            [(p, v) for p, v in parsed if p.split(".")[0] not in sweep_fields])
+
+
+def _read_spec(path: Path, overrides: Sequence[str]) -> SweepConfig:
     raw = read_yaml(path)
+    try:
+        to_spec, to_experiment = _split_overrides(overrides)
+        apply_overrides(raw, to_spec, keyed=KEYED_SECTIONS)
+    except OverrideError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if to_experiment and isinstance(raw.setdefault("overrides", {}), dict):
+        raw["overrides"].update(dict(to_experiment))
     try:
         spec = SweepConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(str(path), err)) from None
+    size = _grid_size(spec.grid)
+    if size > spec.max_grid_points:
+        axes = " x ".join(f"{len(v)} {k}" for k, v in spec.grid.items())
+        raise ConfigError(f"{path}: grid: {size:,} points ({axes}) exceed max_grid_points "
+                          f"({spec.max_grid_points:,}); raise it in the file or with --set max_grid_points=N")
+    return spec
+
+
+def _search_errors(path: Path, spec: SweepConfig, base: dict[str, Any], base_cfg: ExperimentConfig) -> list[str]:
+    """Each search dimension, tried at its first value: valid, and not touching pretraining."""
+    errors = []
+    for key, dist in (spec.search.space.items() if spec.search else ()):
+        probe = copy.deepcopy(base)
+        sample = (dist.loguniform or dist.uniform or dist.randint or dist.choice)[0]
+        try:
+            set_dotted(probe, key, sample)
+            sampled = ExperimentConfig.model_validate(probe)
+        except OverrideError as err:
+            errors.append(f"{path}: search.space.{key}: {err}")
+            continue
+        except ValidationError as err:
+            errors.append(format_validation_error(f"{path}: search.space.{key}", err))
+            continue
+        setting = setting_for(base_cfg)
+        if setting.pretrain_identity(sampled) != setting.pretrain_identity(base_cfg):
+            errors.append(f"{path}: search.space.{key}: changes the pretrained model; put it in grid")
+    return errors
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read a sweep file, its base experiment, and validate every grid point before anything runs.
+    `overrides` are `--set PATH=VALUE` arguments (see `_split_overrides`)."""
+    path = Path(path)
+    spec = _read_spec(path, overrides)
     base_path = spec.experiment if spec.experiment.is_absolute() else path.parent / spec.experiment
     if not base_path.is_file():
         raise ConfigError(f"{path}: experiment: file not found: {base_path}")
     base = read_yaml(base_path)
-    for key, value in spec.overrides.items():
-        set_dotted(base, key, value)
     try:
+        for key, value in spec.overrides.items():
+            set_dotted(base, key, value)
         base_cfg = ExperimentConfig.model_validate(base)
+    except OverrideError as err:
+        raise ConfigError(f"{path}: overrides: {err}") from None
     except ValidationError as err:
         raise ConfigError(format_validation_error(f"{path} (experiment {base_path} + overrides)", err)) from None
     points, errors = [], []
     for assignment in grid_assignments(spec.grid):
-        data = experiment_for(base, assignment, point_name(spec.name, assignment))
         try:
+            data = experiment_for(base, assignment, point_name(spec.name, assignment))
             points.append(ExperimentConfig.model_validate(data))
-        except ValidationError as err:
+        except (ValidationError, OverrideError) as err:
             where = ", ".join(f"grid.{k}={v!r}" for k, v in assignment.items())
-            errors.append(format_validation_error(f"{path}: {where}", err))
-    if spec.search:
-        for key in spec.search.space:
-            probe = copy.deepcopy(base)
-            dist = spec.search.space[key]
-            sample = (dist.loguniform or dist.uniform or dist.randint or dist.choice)[0]
-            set_dotted(probe, key, sample)
-            try:
-                sampled = ExperimentConfig.model_validate(probe)
-            except ValidationError as err:
-                errors.append(format_validation_error(f"{path}: search.space.{key}", err))
-                continue
-            setting = setting_for(base_cfg)
-            if setting.pretrain_identity(sampled) != setting.pretrain_identity(base_cfg):
-                errors.append(f"{path}: search.space.{key}: changes the pretrained model; put it in grid")
+            errors.append(format_validation_error(f"{path}: {where}", err) if isinstance(err, ValidationError)
+                          else f"{path}: {where}: {err}")
+    errors += _search_errors(path, spec, base, base_cfg)
     if errors:
         raise ConfigError("\n".join(dict.fromkeys(errors)))
     return Sweep(spec=spec, base=base, points=points, source=str(path))
