@@ -49,6 +49,11 @@ FINAL_KEYS = ("pt_acc", "pt_acc_spurious", "ft_acc", "ft_acc_spurious")
 PRIORS = ("low", "medium", "high")
 
 
+def _prior_order(prior: str) -> tuple[int, str]:
+    """The paper's priors in order, other (custom) priors after them."""
+    return (PRIORS.index(prior), "") if prior in PRIORS else (len(PRIORS), prior)
+
+
 def _cell(paper: float | None, ours: list[float]) -> str:
     mean, half = mean_ci([100 * x for x in ours])
     return f"{'—' if paper is None else f'{paper:g}'} / {mean:.1f} ± {half:.1f}"
@@ -56,14 +61,14 @@ def _cell(paper: float | None, ours: list[float]) -> str:
 
 def tables(fine_tunes) -> list[str]:
     """The two Markdown tables: pretrained models, then fine-tunes, paper / ours per cell."""
-    pretrained = defaultdict(list)
+    pretrained = defaultdict(dict)  # prior -> seed -> (count a, count b): one pretrained model per seed
     for ft in fine_tunes:
-        pretrained[ft.prior].append((ft.pt_acc_pretrained, ft.ft_acc_pretrained))
+        pretrained[ft.prior][ft.seed] = (ft.pt_acc_pretrained, ft.ft_acc_pretrained)
     lines = ["| prior | count a before FT (paper / ours, %) | count b before FT |", "|---|---|---|"]
-    for prior in [p for p in PRIORS if p in pretrained]:
-        a, b = zip(*pretrained[prior], strict=True)
-        lines.append(f"| {prior} | {_cell(PAPER_PRETRAINED[prior][0], list(a))} | "
-                     f"{_cell(PAPER_PRETRAINED[prior][1], list(b))} |")
+    for prior in sorted(pretrained, key=_prior_order):
+        a, b = zip(*pretrained[prior].values(), strict=True)
+        paper = PAPER_PRETRAINED.get(prior, (None, None))
+        lines.append(f"| {prior} | {_cell(paper[0], list(a))} | {_cell(paper[1], list(b))} |")
     lrs = sorted({ft.lr for ft in fine_tunes}, reverse=True)
     names = dict(zip(lrs, "LMS", strict=False))
     mapping = ", ".join(f"eta_{names.get(lr, '?')} = {lr:g}" for lr in lrs)
@@ -74,7 +79,7 @@ def tables(fine_tunes) -> list[str]:
     for ft in fine_tunes:
         groups[(names.get(ft.lr, "?"), ft.prior, ft.c_tr)].append(ft)
     for (eta, prior, c_tr), group in sorted(groups.items(), key=lambda kv: ("LMS".find(kv[0][0]),
-                                                                               PRIORS.index(kv[0][1]), kv[0][2])):
+                                                                               _prior_order(kv[0][1]), kv[0][2])):
         paper = PAPER_FINETUNED.get((eta, prior, c_tr if c_tr not in (0.0, 1.0) else int(c_tr)))
         cells = [_cell(paper[i] if paper else None, [g.metrics[k] for g in group if k in g.metrics])
                  for i, k in enumerate(FINAL_KEYS)]

@@ -16,6 +16,7 @@ VALID = {
     "model": {"n_layer": 1, "n_head": 2, "d_model": 16},
     "pretrain": {"optim": {"lr": 1e-3, "steps": 10, "batch_size": 8}},
     "finetune": {"optim": {"lr": 1e-4, "steps": 10, "batch_size": 8}},
+    "analysis": {"reft": {"lr_factor": 0.1}},
 }
 
 

@@ -56,6 +56,26 @@ FIG_14 = {
 }
 
 
+def test_sampled_strings_are_derivable(grammar):
+    """The sampler against an independent parser (a short random grammar: parsing the paper's
+    ≈ 276-token derivations in Python would take minutes)."""
+    strings, lengths = sample_strings(grammar, 200, np.random.default_rng(1))
+    for row, n in zip(strings, lengths, strict=True):
+        sentence = tuple(int(x) for x in row[:n])
+        assert EMPTY not in sentence and derives(grammar, sentence)
+
+
+def test_parser_rejects_non_sentences(grammar):
+    """The check above is only meaningful if the parser can say no."""
+    rng = np.random.default_rng(2)
+    strings, lengths = sample_strings(grammar, 300, rng)
+    rejected = 0
+    for row, n in zip(strings, lengths, strict=True):
+        shuffled = tuple(int(x) for x in rng.permutation(row[:n])) + (int(rng.integers(3)),) * 3
+        rejected += not derives(grammar, shuffled)
+    assert rejected > 30
+
+
 def test_the_grammar_is_figure_14():
     g = paper_grammar()
     names = g.names

@@ -171,52 +171,67 @@ def test_verdict_thresholds():
     assert judge(Evidence(**base), 0.3, 0.15, 10.0).label == "mixed"  # stricter speed-up not met
 
 
-def test_row_pruning_finds_a_planted_row_and_restores_the_behaviour():
-    """Alg. 3 on weight rows: plant one unembedding row that makes a wrong token win everywhere (a
-    wrapper in one row); one step of grad x weight ranks it first, and zeroing it brings back every
-    original answer, while zeroing a random row does not."""
-    torch.manual_seed(0)
+def _planted(seed: int, hidden_on: bool):
+    """A model, its own answers, and where to plant a one-unit wrapper: hidden unit 0 of the last MLP
+    (fc row 0, zero weights; on = constant gelu(5), off = 0) writes only residual feature i (out
+    column 0), and through the final LayerNorm a large feature i makes `wrong` (the token the head
+    row-weights most on i) win everywhere. Unplanted, the unit adds nothing, so removal is exact."""
+    torch.manual_seed(seed)
     model = GPT(SHAPE).eval()
-    with torch.no_grad():  # a constant feature in the final residual, for the planted row to read
-        model.ln_f.weight[0], model.ln_f.bias[0] = 0.0, 10.0
+    mlp = model.blocks[-1].mlp
+    i = 3
+    with torch.no_grad():
+        mlp.fc.weight[0], mlp.fc.bias[0] = 0.0, 5.0 if hidden_on else 0.0
+        mlp.out.weight[:, 0] = 0.0
+        if not hidden_on:
+            mlp.out.weight[i, 0] = 200.0
     tokens, _ = _batch(128)
     with torch.no_grad():
-        answers = model(tokens, last_only=True).argmax(-1)  # the behaviour to protect: its own answers
+        answers = model(tokens, last_only=True).argmax(-1)
+    wrong = int(model.head.weight[:, i].argmax())
+    assert (answers == wrong).float().mean() < 0.3
 
     def accuracy() -> float:
         with torch.no_grad():
             return (model(tokens, last_only=True).argmax(-1) == answers).float().mean().item()
 
-    wrong = next(t for t in range(SHAPE.vocab_size) if t not in set(answers.tolist()))
+    return model, tokens, answers, accuracy, i
+
+
+def test_row_pruning_finds_a_planted_row_and_restores_the_behaviour():
+    """Alg. 3 on weight rows: plant one MLP unit (its fc row's bias) that makes a wrong answer win
+    everywhere — a wrapper in one row; one step of grad x weight ranks that row first, and zeroing
+    it (bias included) brings back every original answer, while zeroing random rows does not."""
+    model, tokens, answers, accuracy, _ = _planted(0, hidden_on=False)
+    fc = model.blocks[-1].mlp.fc
+    assert accuracy() == 1.0
     with torch.no_grad():
-        model.head.weight[wrong, 0] = 100.0
-    assert accuracy() == 0.0
-    ranking = rank_rows(row_scores(model, tokens, answers))
-    assert ranking[0] == ("head.weight", wrong)
+        fc.bias[0] = 5.0
+    assert accuracy() < 0.3
+    ranking = rank_rows(row_scores(model, tokens, answers, scope="blocks"))
+    assert ranking[0] == (f"blocks.{SHAPE.n_layer - 1}.mlp.fc.weight", 0)
     with rows_removed(model, ranking[:1]):
-        assert accuracy() == 1.0
-    assert accuracy() == 0.0  # restored on exit
-    curve = removal_curve(model, random_row_ranking(model, seed=0), [1, 5], lambda m: {"acc": accuracy()},
-                          rows_removed)
-    assert all(p.metrics["acc"] < 0.2 for p in curve)
+        assert fc.bias[0] == 0.0 and accuracy() == 1.0
+    assert fc.bias[0] == 5.0 and accuracy() < 0.3  # weights and bias restored on exit
+    curve = removal_curve(model, random_row_ranking(model, seed=0, scope="blocks"), [1, 5],
+                          lambda m: {"acc": accuracy()}, rows_removed)
+    assert all(p.metrics["acc"] < 0.3 for p in curve)
+    assert all(name.startswith("blocks.") for name in row_scores(model, tokens, answers, scope="blocks"))
+    assert "head.weight" in row_scores(model, tokens, answers, scope="all")
 
 
 def test_single_weight_pruning_finds_a_planted_weight():
     """Alg. 3 on single weights (the paper's unit for Tracr): the one planted weight ranks first, and
     zeroing it alone restores the behaviour."""
-    torch.manual_seed(1)
-    model = GPT(SHAPE).eval()
+    model, tokens, answers, accuracy, i = _planted(1, hidden_on=True)
+    out = model.blocks[-1].mlp.out
+    assert accuracy() == 1.0
     with torch.no_grad():
-        model.ln_f.weight[0], model.ln_f.bias[0] = 0.0, 10.0
-    tokens, _ = _batch(128)
-    with torch.no_grad():
-        answers = model(tokens, last_only=True).argmax(-1)
-    wrong = next(t for t in range(SHAPE.vocab_size) if t not in set(answers.tolist()))
-    with torch.no_grad():
-        model.head.weight[wrong, 0] = 100.0
-    ranking = rank_rows(weight_scores(model, tokens, answers))
-    assert ranking[0] == ("head.weight", wrong * SHAPE.d_model) and weight_label(model, ranking[0]) == \
-        f"head.weight[{wrong}, 0]"
-    with weights_removed(model, ranking[:1]), torch.no_grad():
-        assert (model(tokens, last_only=True).argmax(-1) == answers).all()
-    assert model.head.weight[wrong, 0] == 100.0  # restored
+        out.weight[i, 0] = 200.0
+    assert accuracy() < 0.3
+    ranking = rank_rows(weight_scores(model, tokens, answers, scope="blocks"))
+    name = f"blocks.{SHAPE.n_layer - 1}.mlp.out.weight"
+    assert ranking[0] == (name, i * out.weight.shape[1]) and weight_label(model, ranking[0]) == f"{name}[{i}, 0]"
+    with weights_removed(model, ranking[:1]):
+        assert accuracy() == 1.0
+    assert out.weight[i, 0] == 200.0  # restored

@@ -39,22 +39,33 @@ def test_next_token_pretraining_loss_covers_the_whole_sequence():
     torch.manual_seed(0)
     model = setting.build_model(cfg)
     tokens, answers = (torch.from_numpy(x) for x in next(setting.batches(cfg, "pretrain", 8)))
-    # a model that knows the text but not the answer: next-token loss changes when only text targets change
-    full = next_token_loss(model, tokens, answers)
-    shuffled = tokens.clone()
-    shuffled[:, 5:-2] = shuffled[:, 5:-2].flip(1)
-    assert not torch.isclose(full, next_token_loss(model, shuffled, answers))
-    assert torch.isclose(loss_on_batch(model, tokens, answers), loss_on_batch(model, tokens, answers))
+    logits = model(tokens)  # (B, T, V): every position predicts the next token, the last one the answer
+    by_hand = torch.stack([torch.nn.functional.cross_entropy(logits[b, t], (tokens[b, t + 1] if t + 1 < tokens.shape[1]
+                                                                                 else answers[b]))
+                           for b in range(tokens.shape[0]) for t in range(tokens.shape[1])]).mean()
+    assert torch.isclose(next_token_loss(model, tokens, answers), by_hand, atol=1e-5)
+    assert not torch.isclose(next_token_loss(model, tokens, answers), loss_on_batch(model, tokens, answers))
 
 
-@pytest.mark.parametrize("reft,ok", [({"lr": 1e-4}, True), ({"lr": 1e-3}, False), ({"lr": 3e-3}, False),
-                                     ({"lr_factor": 0.1}, True), ({"lr": 1e-3, "below_finetune": False}, True)])
-def test_reft_lr_must_be_below_the_finetuning_lr(reft, ok):
-    data = {**TINY, "analysis": {**TINY["analysis"], "reft": {**TINY["analysis"]["reft"], **reft}}}
-    if ok:
-        ExperimentConfig.model_validate(data)
+def test_scr_ft_controls_of_different_tasks_are_different_models():
+    setting = setting_for(_cfg())
+    keys = {node_key("pretrain", setting, setting.control_config(_cfg(task={"family": "counter", "operand": o})))
+            for o in ("b", "c")}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize("reft,error", [
+    ({"lr": 1e-4}, None), ({"lr": 1e-3}, "must be below the fine-tuning LR"),
+    ({"lr": 3e-3}, "must be below the fine-tuning LR"), ({"lr_factor": 0.1}, None),
+    ({"lr": 1e-3, "below_finetune": False}, None), ({"lr": 1e-4, "lr_factor": 0.1}, "lr or lr_factor, not both")])
+def test_reft_lr_must_be_below_the_finetuning_lr(reft, error):
+    data = {**TINY, "analysis": {**TINY["analysis"], "reft": {"steps": 20, "eval_every": 10, **reft}}}
+    assert TINY["finetune"]["optim"]["lr"] == 1e-3
+    if error is None:
+        cfg = ExperimentConfig.model_validate(data)
+        assert cfg.analysis.reft.effective_lr(1e-3) < 1e-3 or not cfg.analysis.reft.below_finetune
     else:
-        with pytest.raises(ValueError, match="must be below the fine-tuning LR"):
+        with pytest.raises(ValueError, match=error):
             ExperimentConfig.model_validate(data)
 
 
@@ -69,12 +80,14 @@ def test_answer_breakdown_tells_a_wrapper_from_a_counter():
             super().__init__()
             self.task = task
 
-        def forward(self, tokens, last_only=True):
-            answers = data.tasks.labelled(data.tasks.texts_of(tokens.numpy()), self.task)[1]
-            return torch.nn.functional.one_hot(torch.from_numpy(answers), data.tasks.vocab.size).float()
+        def forward(self, tokens, last_only=True):  # counts by hand within the last N = 8 text tokens
+            vocab = data.tasks.vocab
+            last = tokens[:, 5:-2][:, -8:]
+            count = (last == vocab.terminal(self.task)).sum(1)
+            return torch.nn.functional.one_hot(count + vocab.number_offset, vocab.size).float()
 
-    counts_b = data.diagnose(Oracle(data.target))
-    counts_a = data.diagnose(Oracle(data.capability))
+    counts_b = data.diagnose(Oracle(1))  # terminal id of b
+    counts_a = data.diagnose(Oracle(0))
     assert counts_b["count_ft"] == 1.0 and counts_b["count_pt"] < 0.6 and counts_b["count_pt_plus_offset"] < 0.6
     assert counts_a["count_pt"] == 1.0 and counts_a["other"] == 0.0
     assert np.isclose(sum(v for k, v in counts_a.items() if k != "count_pt"), counts_a["count_pt_plus_offset"]

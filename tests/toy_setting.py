@@ -68,8 +68,11 @@ class ToyData:
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
         return {"pt_acc": self.batch("capability", n, rng), "ft_acc": self.batch("target", n, rng)}
 
-    def answer_classes(self) -> tuple[int, int]:
-        return self.s.vocab, 0
+    def answer_classes(self) -> int:
+        return self.s.vocab
+
+    def answer_class(self, answers):
+        return answers
 
     def decode(self, token: int) -> str:
         return "?" if token == self.s.vocab else f"t{token}"
@@ -80,7 +83,9 @@ class ToyData:
 
 class ToySetting(AnswerSetting):
     name = NAME
-    control_name = "Scr.+FT control"
+
+    def control_label(self, cfg: ExperimentConfig) -> str:
+        return "Scr.+FT control"
     eval_metrics = {
         "pt_acc": EvalMetric("copy O_PT's position"),
         "ft_acc": EvalMetric("copy O_FT's position"),

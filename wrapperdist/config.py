@@ -96,10 +96,14 @@ class EvalConfig(Strict):
 
 
 class PruneConfig(Strict):
-    """Pruning MLP units to revive the pretraining capability (paper App. D: 5-15 neurons suffice)."""
+    """Pruning to revive the pretraining capability (paper App. D, Alg. 3: 5-15 rows suffice)."""
 
+    scope: Literal["blocks", "all"] = Field(
+        "blocks", description="matrices whose rows (or weights) Alg. 3 may prune: blocks = attention and MLP; "
+                              "all = also the embeddings and unembedding, whose rows are tokens and answer classes")
     ks: list[Annotated[int, Field(ge=0)]] = Field([0, 1, 2, 3, 5, 10, 15, 20, 30, 50],
-                                                  description="numbers of units removed, one evaluation each")
+                                                  description="numbers of units (rows, weights or MLP units) "
+                                                              "removed, one evaluation each")
     score_samples: PositiveInt = Field(1024, description="pretraining-task examples for the one-step score")
     random_controls: PositiveInt = Field(3, description="random rankings averaged for the control curve")
     learned_steps: PositiveInt = Field(300, description="steps of the learned (continuous-sparsification) mask")
@@ -132,6 +136,16 @@ class ReftConfig(Strict):
     eval_every: PositiveInt = Field(20, description="steps between points of the revival curves")
     control_lr_multiplier: Annotated[float, Field(gt=0.0)] = Field(
         10.0, description="the control's second, higher reFT learning rate, as a multiple of lr")
+
+    @model_validator(mode="after")
+    def _one_lr(self) -> ReftConfig:
+        if self.lr_factor is not None and "lr" in self.model_fields_set:
+            raise ValueError("give lr or lr_factor, not both")
+        return self
+
+    def effective_lr(self, finetune_lr: float) -> float:
+        """reFT's learning rate: `lr_factor` × the fine-tuning LR where given, else `lr`."""
+        return finetune_lr * self.lr_factor if self.lr_factor is not None else self.lr
 
 
 class VerdictConfig(Strict):
@@ -188,7 +202,7 @@ class ExperimentConfig(Strict):
         if self.setting.trains_pretraining and self.pretrain.optim is None:
             raise ValueError(f"pretrain.optim: required (the {self.setting.name} setting pretrains by training)")
         reft, ft_lr = self.analysis.reft, self.finetune.optim.lr
-        lr = ft_lr * reft.lr_factor if reft.lr_factor is not None else reft.lr
+        lr = reft.effective_lr(ft_lr)
         if reft.below_finetune and lr >= ft_lr:
             raise ValueError(f"analysis.reft.lr: reFT's LR ({lr:g}) must be below the fine-tuning LR ({ft_lr:g}) "
                              "(paper App. D); lower it, set analysis.reft.lr_factor, or below_finetune: false")

@@ -44,16 +44,13 @@ def training_curves(history: MemorySink, title: str, eval_metrics: Mapping[str, 
     return fig
 
 
-PRUNING_PANELS = {"pt_acc": "pretraining task (O_PT), C_Te = 0", "ft_acc": "fine-tuning task (O_FT), C_Te = 0",
-                  "pt_acc_spurious": "pretraining task (O_PT), C_Te = 1",
-                  "ft_acc_spurious": "fine-tuning task (O_FT), C_Te = 1"}
-
-
-def pruning_figure(curves: dict[str, list[tuple[int, dict[str, float]]]], title: str) -> Figure:
+def pruning_figure(curves: dict[str, list[tuple[int, dict[str, float]]]], title: str,
+                   labels: Mapping[str, EvalMetric]) -> Figure:
     """Accuracy against units removed, one line per method, one panel per evaluation set (the paper's
-    Fig. 7: O_PT and O_FT accuracy, on C_Te = 0 and, where the setting has it, C_Te = 1)."""
+    Fig. 7: O_PT and O_FT accuracy, on C_Te = 0 and, where the setting has it, C_Te = 1); `labels`:
+    the setting's eval metrics."""
     first = next(iter(curves.values()))[0][1]
-    keys = [k for k in PRUNING_PANELS if k in first]
+    keys = [k for k in labels if k in first] or list(first)
     cols = 2
     rows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(11, 3.8 * rows), sharey=True, squeeze=False)
@@ -62,7 +59,7 @@ def pruning_figure(curves: dict[str, list[tuple[int, dict[str, float]]]], title:
         for style, (method, points) in zip(styles, curves.items(), strict=False):
             ks = [k for k, _ in points]
             ax.plot(ks, [m[key] for _, m in points], style, markersize=4, label=method)
-        ax.set(xlabel="units removed (K)", title=PRUNING_PANELS[key], ylim=(-0.02, 1.02))
+        ax.set(xlabel="units removed (K)", title=labels[key].label if key in labels else key, ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("answer accuracy")

@@ -92,7 +92,6 @@ class Setting(Protocol):
     eval_metrics: Mapping[str, EvalMetric]  # what `evaluator` returns
     revival_metric: str  # the eval metric a reFT curve follows (the pretraining capability)
     reft_eval_keys: tuple[str, ...] | None  # what reFT evaluates (None: all of eval_metrics)
-    control_name: str  # what the control model is called in reports and run names
 
     def build_model(self, cfg: ExperimentConfig) -> HookedModule:
         """A freshly initialised model to pretrain (the caller seeds torch)."""
@@ -117,6 +116,9 @@ class Setting(Protocol):
 
     def checkpoint_meta(self, cfg: ExperimentConfig) -> dict[str, Any]:
         """What a checkpoint must carry beyond weights and config (e.g. the tokenizer)."""
+
+    def control_label(self, cfg: ExperimentConfig) -> str:
+        """What the control model is called in reports and run names (e.g. "Scr.+FT control")."""
 
     def control_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """The control model's experiment (Scr.+FT, Not-in-PT): pretrained once, reFT'd in analysis."""

@@ -78,8 +78,7 @@ def reft_optim(cfg: ExperimentConfig, lr: float, steps: int | None = None) -> Op
 
 def reft_lr(cfg: ExperimentConfig) -> float:
     """reFT's learning rate: `lr_factor` × the fine-tuning LR where given, else `lr`."""
-    r = cfg.analysis.reft
-    return cfg.finetune.optim.lr * r.lr_factor if r.lr_factor is not None else r.lr
+    return cfg.analysis.reft.effective_lr(cfg.finetune.optim.lr)
 
 
 def run_reft(setting: Setting, cfg: ExperimentConfig, model: HookedModule, lr: float, sink: Sink,

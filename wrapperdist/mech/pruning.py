@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -152,23 +153,31 @@ def learned_removal_mask(
 Row = tuple[str, int]  # (weight parameter name, row index)
 
 
-def weight_matrices(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Every weight matrix that rows can be pruned from — embeddings, attention in/out projections,
-    MLP in/out, the unembedding — with the bias that goes with its rows (a Linear's bias element i
-    belongs to output row i). LayerNorm gains and biases are vectors, not matrices: not eligible."""
+Scope = Literal["blocks", "all"]
+
+
+def weight_matrices(model: nn.Module, scope: Scope = "all") -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The weight matrices units can be pruned from, with the bias that goes with their rows (a
+    Linear's bias element i belongs to output row i). `blocks`: the attention and MLP matrices of
+    the transformer blocks. `all`: also the token / position embeddings and the unembedding — whose
+    rows are input tokens, positions and answer classes, so zeroing one deletes a token or an answer
+    rather than part of a circuit. LayerNorm gains and biases are vectors, never eligible."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for name, module in model.named_modules():
+        if scope == "blocks" and not name.startswith("blocks."):
+            continue
         if isinstance(module, nn.Linear | nn.Embedding) and module.weight.requires_grad:
             bias = getattr(module, "bias", None)
             out[f"{name}.weight"] = (module.weight, bias if isinstance(bias, torch.Tensor) else None)
     return out
 
 
-def row_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor) -> dict[str, torch.Tensor]:
+def row_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor,
+               scope: Scope = "all") -> dict[str, torch.Tensor]:
     """Alg. 3's one step: gradient·weight of the pretraining-task cross-entropy, summed over each row
     (and its bias element). By first-order Taylor, zeroing row i changes the loss by ≈ −score_i, so
     the highest scores are the removals that most lower the pretraining loss."""
-    matrices = weight_matrices(model)
+    matrices = weight_matrices(model, scope)
     model.eval()
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
@@ -191,8 +200,8 @@ def rank_rows(scores: dict[str, torch.Tensor]) -> list[Row]:
     return [owners[int(j)] for j in torch.argsort(flat, descending=True, stable=True)]
 
 
-def random_row_ranking(model: nn.Module, seed: int) -> list[Row]:
-    rows = [(name, i) for name, (weight, _) in weight_matrices(model).items() for i in range(weight.shape[0])]
+def random_row_ranking(model: nn.Module, seed: int, scope: Scope = "all") -> list[Row]:
+    rows = [(name, i) for name, (weight, _) in weight_matrices(model, scope).items() for i in range(weight.shape[0])]
     order = np.random.default_rng(seed).permutation(len(rows))
     return [rows[i] for i in order]
 
@@ -224,10 +233,11 @@ def rows_removed(model: nn.Module, rows: Sequence[Row]) -> Iterator[None]:
 Weight = tuple[str, int]  # (weight parameter name, flat index into it)
 
 
-def weight_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor) -> dict[str, torch.Tensor]:
+def weight_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor,
+                  scope: Scope = "all") -> dict[str, torch.Tensor]:
     """Alg. 3 on single weights: gradient·weight of the pretraining-task cross-entropy, elementwise
     (flattened), for every weight matrix `weight_matrices` names."""
-    matrices = weight_matrices(model)
+    matrices = weight_matrices(model, scope)
     model.eval()
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
@@ -237,8 +247,8 @@ def weight_scores(model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor)
     return scores
 
 
-def random_weight_ranking(model: nn.Module, seed: int) -> list[Weight]:
-    sizes = [(name, weight.numel()) for name, (weight, _) in weight_matrices(model).items()]
+def random_weight_ranking(model: nn.Module, seed: int, scope: Scope = "all") -> list[Weight]:
+    sizes = [(name, weight.numel()) for name, (weight, _) in weight_matrices(model, scope).items()]
     total = sum(n for _, n in sizes)
     picks = np.random.default_rng(seed).permutation(total)[:1000]  # removal curves never go near all of them
     bounds = np.cumsum([0] + [n for _, n in sizes])

@@ -61,7 +61,7 @@ class AnswerSetting:
         vocab_size, seq_len = self.layout(cfg)
         if (model.shape.vocab_size, model.shape.seq_len) != (vocab_size, seq_len):
             raise ValueError(f"{source}: model has vocab {model.shape.vocab_size} / seq_len {model.shape.seq_len}, "
-                             f"but this config's data needs {vocab_size} / {seq_len} (max_len differs?)")
+                             f"but this config's data needs {vocab_size} / {seq_len} (window or vocabulary differs?)")
 
     def build_model(self, cfg: ExperimentConfig) -> Any:
         raise NotImplementedError
@@ -80,8 +80,8 @@ class AnswerSetting:
 
     def evaluator(self, cfg: ExperimentConfig, keys: tuple[str, ...] | None = None) -> Evaluator:
         sets = self.eval_tensors(cfg)
-        if keys is not None:
-            sets = {k: sets[k] for k in keys}
+        if keys is not None:  # the keys this config's data have (e.g. no C_Te = 1 set for the indexer)
+            sets = {k: sets[k] for k in keys if k in sets}
 
         def evaluate(model: torch.nn.Module) -> dict[str, float]:
             return {name: answer_accuracy(model, tokens, answers) for name, (tokens, answers) in sets.items()}

@@ -5,6 +5,7 @@ Pure over (config, models); reports through a sink. The setting supplies data th
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -104,11 +105,13 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
     rng = np.random.default_rng(ANALYSIS_SEED)
     tokens, answers = _as_tensors(tasks.batch("capability", p.score_samples, rng))
     score, random_ranking_of, remove = PRUNING_UNITS[setting.pruning_unit]
-    ranking = rank_rows(score(model, tokens, answers))
+    ranking = rank_rows(score(model, tokens, answers, p.scope))
     rows = removal_curve(model, ranking, p.ks, evaluate, remove)
+    top = Counter(name for name, _ in ranking[: cfg.analysis.verdict.prune_max_k])
+    sink.log_metrics({f"prune.paper.from.{name}": float(n) for name, n in top.items()}, 0)
     first = [weight_label(model, w) if setting.pruning_unit == "weights" else f"{w[0]} row {w[1]}"
              for w in ranking[:5]]
-    random_rows = [removal_curve(model, random_ranking_of(model, seed), p.ks, evaluate, remove)
+    random_rows = [removal_curve(model, random_ranking_of(model, seed, p.scope), p.ks, evaluate, remove)
                    for seed in range(p.random_controls)]
     units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
     batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
@@ -134,13 +137,13 @@ def _mean_curve(curves: list[list]) -> list[tuple[int, dict[str, float]]]:
 def _probing(cfg: ExperimentConfig, tasks: AnswerTasks, models: dict[str, HookedModule], sink: Sink):
     pr = cfg.analysis.probe
     rng = np.random.default_rng(ANALYSIS_SEED + 1)
-    n_classes, offset = tasks.answer_classes()
+    n_classes = tasks.answer_classes()
     results: dict[str, dict[str, dict[str, float]]] = {}
     floors: dict[str, float] = {}
     for target_name, which in (("pretraining target (count O_PT)", "capability"),
                                ("fine-tuning target (count O_FT)", "target")):
         tokens, answers = _as_tensors(tasks.batch(which, pr.samples, rng))  # type: ignore[arg-type]
-        targets = answers - offset  # answer classes 0..n_classes-1
+        targets = tasks.answer_class(answers)
         floors[target_name] = majority_baseline(targets, pr.test_frac)
         results[target_name] = {}
         key = "pt" if which == "capability" else "ft"
@@ -159,7 +162,7 @@ def _reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: 
     Scr. (a random init trained on the pretraining capability alone, paper App. E.4); keys are the
     curves' labels, in the order of `REFT_KEYS`."""
     lr, multiplier = reft_lr(cfg), cfg.analysis.reft.control_lr_multiplier
-    name = setting.control_name
+    name = setting.control_label(cfg)
     runs = ((f"fine-tuned → reFT (lr {lr:g})", reft_model, lr, "reFT fine-tuned"),
             (f"{name} (lr {lr:g})", copy.deepcopy(control), lr, "reFT control"),
             (f"{name} (lr {lr * multiplier:g})", copy.deepcopy(control), lr * multiplier, "reFT control, high lr"),
@@ -185,7 +188,7 @@ def _attention(cfg: ExperimentConfig, tasks: AnswerTasks, models: AnalysisModels
 def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
                     runtime: Runtime) -> AnalysisOutput:
     """Run all four analyses on the fine-tuned model (pretrained = its starting point, control = the
-    setting's Scr.+FT control)."""
+    setting's control (Scr.+FT by default))."""
     runtime.apply()
     tasks = setting.tasks(cfg)
     evaluate = setting.evaluator(cfg, setting.analysis_eval_keys)
@@ -200,7 +203,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     figures["weights"] = weight_change_figure(changes, f"where fine-tuning changed the weights ({cfg.name})")
 
     curves, learned, first_pruned = _pruning(setting, cfg, tasks, finetuned, evaluate, sink)
-    figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})")
+    figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})", setting.eval_metrics)
 
     random_init = random_like(pretrained, cfg.seed + 1)
     reft_model = copy.deepcopy(finetuned)
@@ -250,7 +253,7 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
         f"# Wrapper analysis: {cfg.name}",
         "",
         f"**Verdict: {verdict.label}** (pruning revives: {yes(verdict.pruning_revives)}, probe decodes: "
-        f"{yes(verdict.probe_decodes)}, reFT faster than Scr.+FT: {yes(verdict.reft_faster)})",
+        f"{yes(verdict.probe_decodes)}, reFT faster than the control: {yes(verdict.reft_faster)})",
         "",
         f"Fine-tuned at lr {cfg.finetune.optim.lr:g} for {cfg.finetune.optim.steps} steps: {described}. "
         f"Pretraining-task accuracy of the fine-tuned model: {e.pt_acc_finetuned:.3f}.",
@@ -258,7 +261,7 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
         "## Thresholds",
         f"- pruning: pt_acc gain >= {v.prune_min_gain} with at most {v.prune_max_k} units (paper's grad·weight method)",
         f"- probing: best-layer probe accuracy >= random-init probe + {v.probe_margin}",
-        f"- reFT: reach pt_acc {v.reft_threshold} at least {v.reft_speedup}x sooner than Scr.+FT at the same lr",
+        f"- reFT: reach pt_acc {v.reft_threshold} at least {v.reft_speedup}x sooner than the control at the same lr",
         "",
         "## Pruning (accuracy after removing the top-K units: weight rows, or MLP units)",
         "",
@@ -280,7 +283,7 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
     for label, steps in reft_steps.items():
         lines.append(f"- {label}: {steps if steps is not None else 'not reached'}")
     if verdict.reft_speedup is not None:
-        lines.append(f"\nSpeed-up of the fine-tuned model over Scr.+FT at the same lr: {verdict.reft_speedup:.1f}x")
+        lines.append(f"\nSpeed-up of the fine-tuned model over the control at the same lr: {verdict.reft_speedup:.1f}x")
     lines += ["", "## Attention (pretrained vs fine-tuned, mean total-variation distance of the answer row)", ""]
     for layer, row in enumerate(shift.tolist()):
         lines.append(f"- layer {layer}: " + ", ".join(f"head {h} {x:.2f}" for h, x in enumerate(row)))

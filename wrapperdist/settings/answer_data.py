@@ -28,8 +28,12 @@ class AnswerTasks(Protocol):
         """The held-out sets, named as the setting's eval_metrics (at least pt_acc and ft_acc)."""
         ...
 
-    def answer_classes(self) -> tuple[int, int]:
-        """(number of answer classes, token id of class 0): probes predict answer - offset."""
+    def answer_classes(self) -> int:
+        """How many classes a probe of the answer predicts."""
+        ...
+
+    def answer_class(self, answers: Any) -> Any:
+        """Answer tokens (a tensor) -> probe class ids 0..answer_classes()-1."""
         ...
 
     def decode(self, token: int) -> str: ...
@@ -51,6 +55,7 @@ class AnswerSettingLike(Setting, Protocol):
     """What the shared analysis needs of an answer setting: the protocol, plus its data."""
 
     analysis_eval_keys: tuple[str, ...]
+    eval_metrics: Any
     pruning_unit: str  # "rows" or "weights"
 
     def tasks(self, cfg: ExperimentConfig) -> AnswerTasks: ...

@@ -50,7 +50,7 @@ def with_metrics(report: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
 
 def pretrain_node(cfg: ExperimentConfig, role: str = "main") -> Node:
     setting = setting_for(cfg)
-    label = "pt" if role == "main" else f"pt {setting.control_name}"
+    label = "pt" if role == "main" else f"pt {setting.control_label(cfg)}"
     return Node("pretrain", node_key("pretrain", setting, cfg), None, f"{label} {setting.run_label(cfg, 'pretrain')}",
                 cfg, role=role)
 

@@ -137,8 +137,7 @@ def experiment_for(base: dict[str, Any], assignment: dict[str, Any], name: str) 
 
 
 def point_name(sweep: str, assignment: dict[str, Any]) -> str:
-    short = {"setting.prior": "prior", "finetune.optim.lr": "lr", "setting.spurious_fraction": "C_Tr"}
-    parts = [f"{short.get(k, k.split('.')[-1])}={v}" for k, v in assignment.items()]
+    parts = [f"{k.split('.')[-1]}={v}" for k, v in assignment.items()]
     return " ".join([sweep, *parts])
 
 

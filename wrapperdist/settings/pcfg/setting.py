@@ -37,6 +37,7 @@ class PCFGData:
         self.target = TaskSpec(s.task.family, s.task.operand)
         self.family_weights = {Family(f): w for f, w in s.families.items()}
         self.prior = np.array(s.prior_vector())
+        self.counts = {s.task.family, s.capability.family} == {Family.counter}
 
     def batch(self, which: Which, n: int, rng: np.random.Generator) -> Batch:
         s = self.section
@@ -53,15 +54,13 @@ class PCFGData:
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
         """O_PT and O_FT on C_Te = 0 (plain strings) and C_Te = 1 (the planted relation holds), and the
         pretraining distribution."""
-        correlated = self.tasks.plant(self.tasks.texts(n, rng), self.target, self.capability,
-                                      self.section.spurious_offset, rng)
-        return {
-            "pt_acc": self.batch("capability", n, rng),
-            "ft_acc": self.batch("target", n, rng),
-            "pt_acc_spurious": self.tasks.labelled(correlated, self.capability),
-            "ft_acc_spurious": self.tasks.labelled(correlated, self.target),
-            "mix_acc": self.batch("pretrain", n, rng),
-        }
+        sets = {"pt_acc": self.batch("capability", n, rng), "ft_acc": self.batch("target", n, rng)}
+        if self.counts:  # the planted relation (C_Te = 1) is defined for the counter only
+            correlated = self.tasks.plant(self.tasks.texts(n, rng), self.target, self.capability,
+                                          self.section.spurious_offset, rng)
+            sets |= {"pt_acc_spurious": self.tasks.labelled(correlated, self.capability),
+                     "ft_acc_spurious": self.tasks.labelled(correlated, self.target)}
+        return {**sets, "mix_acc": self.batch("pretrain", n, rng)}
 
     def diagnose(self, model: HookedModule, n: int = 1000) -> dict[str, float]:
         """What the model answers on O_PT prompts (C_Te = 0): the share of answers equal to count(O_PT),
@@ -77,8 +76,13 @@ class PCFGData:
         other = ~(shares["count_pt"] | shares["count_pt_plus_offset"] | shares["count_ft"])
         return {**{k: float(v.mean()) for k, v in shares.items()}, "other": float(other.mean())}
 
-    def answer_classes(self) -> tuple[int, int]:
-        return self.tasks.vocab.max_number + 1, self.tasks.vocab.number_offset
+    def answer_classes(self) -> int:
+        return self.tasks.vocab.max_number + 2  # NONE, then the numbers 0..max
+
+    def answer_class(self, answers: torch.Tensor) -> torch.Tensor:
+        """Class ids for probes: 0 = NONE (an absent k-th occurrence), n + 1 = the number n."""
+        vocab = self.tasks.vocab
+        return torch.where(answers == vocab.NONE, torch.zeros_like(answers), answers - vocab.number_offset + 1)
 
     def decode(self, token: int) -> str:
         return self.tasks.vocab.decode(token)
@@ -87,7 +91,6 @@ class PCFGData:
 
 class PCFGSetting(AnswerSetting):
     name = "pcfg"
-    control_name = "Scr.+FT control"
     eval_metrics = {
         "pt_acc": EvalMetric("pretraining task (count O_PT), C_Te=0"),
         "ft_acc": EvalMetric("fine-tuning task (count O_FT), C_Te=0"),
@@ -99,6 +102,9 @@ class PCFGSetting(AnswerSetting):
 
     def tasks(self, cfg: ExperimentConfig) -> PCFGData:
         return PCFGData(PCFGSection.of(cfg))
+
+    def control_label(self, cfg: ExperimentConfig) -> str:
+        return "Scr.+FT control" if PCFGSection.of(cfg).control == "scr+ft" else "swapped-prior control"
 
     def layout(self, cfg: ExperimentConfig) -> tuple[int, int]:
         tasks = self.tasks(cfg).tasks
@@ -118,8 +124,10 @@ class PCFGSetting(AnswerSetting):
 
     def pretrain_identity(self, cfg: ExperimentConfig) -> dict[str, Any]:
         ident = default_pretrain_identity(cfg)
-        if PCFGSection.of(cfg).pretrain_data == "task":  # no mixture: the prior plays no part (shared by all)
+        s = PCFGSection.of(cfg)
+        if s.pretrain_data == "task":  # trained on the task alone: the prior plays no part (shared by all priors)
             ident["setting"] = {k: v for k, v in ident["setting"].items() if k not in ("prior", "families")}
+            ident["setting"]["task"] = s.task.model_dump(mode="json")  # ... but the task is what it learns
         return ident
 
     def control_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
@@ -140,7 +148,8 @@ class PCFGSetting(AnswerSetting):
         s = PCFGSection.of(cfg)
         vector = ",".join(f"{p:g}" for p in s.prior_vector())
         shown = s.prior if isinstance(s.prior, str) else f"({vector})"
-        pretrained = f"prior={shown} seed={cfg.seed}" if s.pretrain_data == "mixture" else f"{s.task} seed={cfg.seed}"
+        trained_on = f"prior={shown}" if s.pretrain_data == "mixture" else f"{s.task.family}({s.task.operand})"
+        pretrained = f"{trained_on} seed={cfg.seed}"
         if kind == "pretrain":
             return pretrained
         return f"lr={cfg.finetune.optim.lr:g} C_Tr={s.spurious_fraction:g} {pretrained}"

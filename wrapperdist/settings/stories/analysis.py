@@ -29,7 +29,7 @@ from wrapperdist.settings.stories.lm import (
 from wrapperdist.settings.stories.records import normalize_feature
 from wrapperdist.settings.stories.tokenizer import PAD, special_id
 from wrapperdist.sink import PrefixSink, Sink
-from wrapperdist.stages import run_reft
+from wrapperdist.stages import reft_lr, run_reft
 
 LAST_POSITIONS = 10  # the paper's probe reads the mean residual over the story's last 10 tokens
 
@@ -148,12 +148,13 @@ def analyze_stories(setting: Setting, cfg: ExperimentConfig, models: AnalysisMod
 
     # reFT on stories with the feature: the fine-tuned model vs the control that never had it
     target = a.verdict.reft_threshold * rates["pretrained"]["twist_rate"]
+    lr = reft_lr(cfg)
     reft_model = copy.deepcopy(finetuned)
     curves = {
-        f"fine-tuned → reFT (lr {a.reft.lr:g})": run_reft(setting, cfg, reft_model, a.reft.lr,
+        f"fine-tuned → reFT (lr {lr:g})": run_reft(setting, cfg, reft_model, lr,
                                                          PrefixSink(sink, "reft.finetuned."), runtime,
                                                          evaluate=evaluate, desc="reFT fine-tuned"),
-        f"Not in PT control (lr {a.reft.lr:g})": run_reft(setting, cfg, copy.deepcopy(control), a.reft.lr,
+        f"Not in PT control (lr {lr:g})": run_reft(setting, cfg, copy.deepcopy(control), lr,
                                                           PrefixSink(sink, "reft.control."), runtime,
                                                           evaluate=evaluate, desc="reFT control"),
     }

@@ -52,7 +52,6 @@ def tokenizer_of(meta: dict) -> Tokenizer:
 
 class StoriesSetting:
     name = "stories"
-    control_name = "Not-in-PT control"
     eval_metrics = {
         "twist_rate": EvalMetric("generations with the feature (prompted for it)"),
         "loss_twist": EvalMetric("held-out, with the feature", "loss"),
@@ -65,6 +64,9 @@ class StoriesSetting:
         s, m = StoriesSection.of(cfg), cfg.model
         return GPTShape(vocab_size=build_tokenizer(s).get_vocab_size(), seq_len=s.seq_len, n_layer=m.n_layer,
                         n_head=m.n_head, d_model=m.d_model, d_mlp=m.d_mlp or 4 * m.d_model, dropout=m.dropout)
+
+    def control_label(self, cfg: ExperimentConfig) -> str:
+        return "Not-in-PT control"
 
     def build_model(self, cfg: ExperimentConfig) -> GPT:
         return GPT(self._shape(cfg))

@@ -37,9 +37,11 @@ class TracrData:
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
         return {"pt_acc": self.batch("capability", n, rng), "ft_acc": self.batch("target", n, rng)}
 
-    def answer_classes(self) -> tuple[int, int]:
-        # the compiled read-out's outputs are the answer classes themselves (counts 0..max_len, or tokens)
-        return len(self.tasks.vocab.answers), 0
+    def answer_classes(self) -> int:
+        return len(self.tasks.vocab.answers)
+
+    def answer_class(self, answers: torch.Tensor) -> torch.Tensor:
+        return answers  # the compiled read-out's outputs are the answer classes themselves
 
     def decode(self, token: int) -> str:
         return self.tasks.vocab.decode(token)
@@ -51,7 +53,6 @@ class TracrData:
 
 class TracrSetting(AnswerSetting):
     name = "tracr"
-    control_name = "Scr.+FT control"
     pruning_unit = "weights"  # the paper prunes single weights of the compiled models (App. D)
     eval_metrics = {
         "pt_acc": EvalMetric("compiled target (O_PT)"),
@@ -90,6 +91,9 @@ class TracrSetting(AnswerSetting):
 
     def finetune_identity(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {"seed": cfg.seed, **super().finetune_identity(cfg)}  # the seed first enters at fine-tuning
+
+    def control_label(self, cfg: ExperimentConfig) -> str:
+        return "Scr.+FT control"
 
     def control_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """Scr.+FT control: the program compiled for the fine-tuning target instead."""
