@@ -121,13 +121,17 @@ class ProbeConfig(Strict):
     lr: Annotated[float, Field(gt=0.0)] = Field(1e-3, description="probe learning rate")
 
 
+DEFAULT_REFT_LR = 1e-4
+
+
 class ReftConfig(Strict):
     """Reverse fine-tuning: train the fine-tuned model back on the pretraining capability. The
     paper uses the fine-tuning hyperparameters at a smaller LR; the Scr.+FT control gets the same
     protocol at this LR and at `control_lr_multiplier` times it."""
 
     steps: PositiveInt = Field(400, description="reFT steps of the analysis' revival curves")
-    lr: Annotated[float, Field(gt=0.0)] = Field(1e-4, description="reFT learning rate (unless lr_factor is set)")
+    lr: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="reFT learning rate (default 1e-4, unless lr_factor is set)")
     lr_factor: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
         None, description="reFT learning rate as this fraction of the fine-tuning LR (overrides lr)")
     below_finetune: bool = Field(
@@ -139,13 +143,15 @@ class ReftConfig(Strict):
 
     @model_validator(mode="after")
     def _one_lr(self) -> ReftConfig:
-        if self.lr_factor is not None and "lr" in self.model_fields_set:
+        if self.lr_factor is not None and self.lr is not None:
             raise ValueError("give lr or lr_factor, not both")
         return self
 
     def effective_lr(self, finetune_lr: float) -> float:
-        """reFT's learning rate: `lr_factor` × the fine-tuning LR where given, else `lr`."""
-        return finetune_lr * self.lr_factor if self.lr_factor is not None else self.lr
+        """reFT's learning rate: `lr_factor` × the fine-tuning LR where given, else `lr` (1e-4 if unset)."""
+        if self.lr_factor is not None:
+            return finetune_lr * self.lr_factor
+        return self.lr if self.lr is not None else DEFAULT_REFT_LR
 
 
 class VerdictConfig(Strict):
