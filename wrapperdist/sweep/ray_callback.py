@@ -30,7 +30,7 @@ class MLflowTreeCallback(LoggerCallback):
             node = self.node_of_trial(trial.config, trial.trial_id)
         except Exception:  # noqa: BLE001 - an unusable config: fall back to the trial id
             node = None
-        error = "trial failed"
+        error = None  # the recorder falls back to the traceback the trial reported itself
         try:
             exc = trial.get_error()
             if exc is not None:

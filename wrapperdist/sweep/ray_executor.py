@@ -5,6 +5,7 @@ their keys (grid) or the searcher's sampled values (search)."""
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from wrapperdist.config import ExperimentConfig
 from wrapperdist.store import Store
 from wrapperdist.sweep.cluster import NodeReport
 from wrapperdist.sweep.executors import Layout, StudyRef
-from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report
+from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report, node_report
 from wrapperdist.sweep.ray_callback import MLflowTreeCallback
 from wrapperdist.sweep.ray_train import ray_train_backend
 from wrapperdist.sweep.recorder import SweepRecorder
@@ -59,7 +60,13 @@ def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
     if layout.train_workers and node.kind in ("pretrain", "finetune", "reft"):
         backend = ray_train_backend(report, layout.train_workers, layout.use_gpu, context.storage,
                                     context.run_name)
-    outcome = run_node(node, Store(context.store), report, layout.runtime(), backend, announce=not sampled)
+    try:
+        outcome = run_node(node, Store(context.store), report, layout.runtime(), backend, announce=not sampled)
+    except Exception:
+        # the error text reaches the recorder with the trial's own reports: Tune's error file may not be
+        # readable from the driver (remote storage, a lost node) when the trial's end is logged
+        report({**node_report(node), "event": "error", "error": traceback.format_exc()[-4000:]})
+        raise
     if not outcome.metrics:
         tune.report({"event": "empty"})
 

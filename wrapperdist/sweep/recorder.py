@@ -48,6 +48,7 @@ class SweepRecorder:
         self.trial_nodes: dict[str, str] = {}  # Tune trial id -> node key
         self.failed: dict[str, str] = {}  # node key -> FAILED run id (still a parent for the tree)
         self.eval_keys: dict[str, set[str]] = {}  # node key -> its setting's evaluation metrics
+        self.errors: dict[str, str] = {}  # node key -> the last traceback its trial reported
         self.where = WhereTags()  # the Ray node (and host) each stage ran on, as run tags
         self.names: dict[str, str] = {}  # node key -> run name (for failures reported by trial id only)
         # Called with (event, node key, report) for every trial event: live progress (sweep/progress.py)
@@ -110,6 +111,9 @@ class SweepRecorder:
         if key in self.finished:
             return  # recorded by an earlier attempt of this sweep
         event = result["event"]
+        if event == "error":  # the trial's own traceback, ahead of its failure: kept for `fail`
+            self.errors[key] = str(result.get("error", ""))
+            return
         metrics = {k[len(METRIC_PREFIX):]: float(v) for k, v in result.items()
                    if k.startswith(METRIC_PREFIX) and isinstance(v, int | float)}
         run_id = self.open.get(key) or self._create(result, trial_id)
@@ -183,10 +187,12 @@ class SweepRecorder:
                 self.client.log_artifact(run_id, str(folder / name))
 
     # -- failures and the end ---------------------------------------------------------------------
-    def fail(self, node: Node | None, error: str, trial_id: str | None = None) -> None:
+    def fail(self, node: Node | None, error: str | None, trial_id: str | None = None) -> None:
+        """Record a node's failure; `error` None: Tune did not say why (the trial's report may have)."""
         key = node.key if node else self.trial_nodes.get(trial_id or "")
         if key is None or key in self.finished:
             return
+        error = error or self.errors.get(key) or "trial failed"
         try:
             run_id = self.open.get(key)
             if run_id is None and node is not None:
