@@ -104,9 +104,13 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90
             time.sleep(0.5)
 
 
-def write_sweep(tmp_path: Path, resources: dict, grid: dict, steps: int = 30) -> Path:
+def write_sweep(tmp_path: Path, resources: dict, grid: dict, steps: int = 30, ft_steps: int | None = None) -> Path:
     pretrain = {**TINY["pretrain"], "optim": {**TINY["pretrain"]["optim"], "steps": steps, "eval_every": steps}}
-    experiment = {**TINY, "pretrain": pretrain, "tracking": {"experiment": f"cluster-{tmp_path.name}"}}
+    finetune = TINY["finetune"]
+    if ft_steps:  # trials long enough that the autoscaler's second node arrives while they run
+        finetune = {"optim": {**TINY["finetune"]["optim"], "steps": ft_steps, "eval_every": ft_steps}}
+    experiment = {**TINY, "pretrain": pretrain, "finetune": finetune,
+                  "tracking": {"experiment": f"cluster-{tmp_path.name}"}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
     path = tmp_path / "sweep.yaml"
     # storage on a path every node reaches (one machine here; s3:// on a real cluster)
@@ -194,7 +198,8 @@ def test_sweep_job_survives_losing_a_worker_node(tmp_path, cluster, mlflow_serve
 def test_concurrency_grows_with_the_cluster(tmp_path, cluster, mlflow_server, tripwire):
     """In-process trials, 1 CPU each, on a cluster that starts with 0 CPUs for trials. A cap set from
     the resources at start would run them one at a time; here the autoscaler's nodes fill up."""
-    sweep = write_sweep(tmp_path, {"cpus_per_trial": 1}, {"finetune.optim.lr": [1e-3, 3e-4, 1e-4, 3e-5]})
+    sweep = write_sweep(tmp_path, {"cpus_per_trial": 1}, {"finetune.optim.lr": [1e-3, 3e-4, 1e-4, 3e-5]},
+                        ft_steps=600)
     job = submit(cluster, sweep, mlflow_server)
     status = wait_job(cluster, job, 300)
     logs = job_logs(cluster, job)
