@@ -100,6 +100,13 @@ def make_grammar(
     return Grammar(levels=tuple(levels), rhs=rhs, cum_prob=cum_prob, n_rules=n_rules)
 
 
+def compact(rows: np.ndarray) -> np.ndarray:
+    """Move EMPTY entries to the right of each row, keeping the others' order (a stable sort on the
+    padding flag)."""
+    order = np.argsort(rows == EMPTY, axis=1, kind="stable")
+    return np.take_along_axis(rows, order, axis=1)
+
+
 def sample_strings(grammar: Grammar, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sample `n` sentences. Returns (strings, lengths): strings is (n, max_len) of terminal ids,
     left-aligned and padded with EMPTY."""
@@ -113,9 +120,7 @@ def sample_strings(grammar: Grammar, n: int, rng: np.random.Generator) -> tuple[
         expanded = grammar.rhs[safe, rule]  # (n, width, max_rhs)
         expanded[~live] = EMPTY
         expanded = expanded.reshape(n, -1)
-        # Compact: move EMPTY to the right, keeping order (stable sort on the padding flag).
-        order = np.argsort(expanded == EMPTY, axis=1, kind="stable")
-        expanded = np.take_along_axis(expanded, order, axis=1)
+        expanded = compact(expanded)
         width = int((expanded != EMPTY).sum(1).max())
         symbols = expanded[:, :width]
     lengths = (symbols != EMPTY).sum(1)

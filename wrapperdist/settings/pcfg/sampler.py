@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wrapperdist.settings.pcfg.grammar import EMPTY, Grammar, sample_strings
+from wrapperdist.settings.pcfg.grammar import EMPTY, Grammar, compact, sample_strings
 from wrapperdist.settings.pcfg.names import TERMINALS, Family
 from wrapperdist.settings.pcfg.tasks import Vocab, encode, labels, terminal_index
 
@@ -29,12 +29,6 @@ class TaskSpec:
 
     def __str__(self) -> str:
         return f"{self.family}({self.operand})"
-
-
-def _compact(rows: np.ndarray) -> np.ndarray:
-    """Move EMPTY entries to the right of each row, keeping the order of the others."""
-    order = np.argsort(rows == EMPTY, axis=1, kind="stable")
-    return np.take_along_axis(rows, order, axis=1)
 
 
 class PCFGTasks:
@@ -59,7 +53,7 @@ class PCFGTasks:
             joined = np.full((n, strings.shape[1] + more.shape[1]), EMPTY, dtype=np.int64)
             joined[:, : strings.shape[1]] = strings
             joined[short, strings.shape[1]:] = more
-            strings, lengths = _compact(joined), lengths.copy()
+            strings, lengths = compact(joined), lengths.copy()
             lengths[short] += more_len
         else:
             raise ValueError(f"the grammar's derivations are too short for a window of {self.window}")
