@@ -3,6 +3,7 @@ grid-size limit, an Optuna study that survives kill -9 and --resume, its own Ray
 Makefile that checks the Python version before creating .venv."""
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -95,6 +96,37 @@ def test_huge_grid_is_refused_at_once(tmp_path):
                               "--set max_grid_points=N")
     assert len(load_sweep(path, ["max_grid_points=2000000", "grid.seed=[0]", "grid.finetune.optim.steps=[5]"])
                .points) == 100
+
+
+HEAVY = ("torch", "numpy", "ray", "mlflow", "optuna", "pandas", "scipy", "matplotlib")
+VALIDATE_ONLY = """
+import json, sys
+from wrapperdist.cli import main
+from wrapperdist.sweep.spec import load_sweep
+rc = main(["sweep", sys.argv[1]])
+load_sweep(sys.argv[2])
+rc_validate = main(["validate", sys.argv[3]])
+print(json.dumps({"rc": [rc, rc_validate], "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_refusing_and_validating_import_no_torch_ray_or_mlflow(tmp_path):
+    """The huge-grid refusal answers in well under a second end to end because the config path
+    (CLI parsing, load_sweep, ExperimentConfig, the settings' config sections, the grid-size check)
+    imports none of torch, Ray or MLflow: each takes seconds (the CLI took 5-10 s before)."""
+    valid = write_sweep(tmp_path, {"grid": {"seed": [0, 1]}})
+    (tmp_path / "huge").mkdir()
+    huge = write_sweep(tmp_path / "huge", {"grid": {"seed": list(range(1000)),
+                                                    "finetune.optim.lr": [1e-3 + i * 1e-6 for i in range(1000)]}})
+    env = {k: v for k, v in os.environ.items() if k != "WRAPPERDIST_PLUGINS"}
+    done = subprocess.run([sys.executable, "-c", VALIDATE_ONLY, str(huge), str(valid), str(tmp_path / "exp.yaml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "grid: 1,000,000 points" in done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rc"] == [2, 0]
+    assert "pydantic" in result["loaded"]  # the check sees what was imported
+    assert not set(HEAVY) & set(result["loaded"]), sorted(set(HEAVY) & set(result["loaded"]))
 
 
 def test_set_on_a_sweep_reaches_spec_and_experiment(tmp_path):
