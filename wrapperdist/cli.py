@@ -216,7 +216,9 @@ def _run_commands(sub) -> None:
                    "RUNNING by a killed driver are marked KILLED")
     p.add_argument("--dry-run", action="store_true", help="print the trials and resources, run nothing")
     _add_set(p)
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", help="attach to this Ray cluster (host:port, or auto: the one running here); "
+                   "default: a new local Ray instance, or the job's cluster inside a Ray job ($RAY_ADDRESS "
+                   "exported in the shell is ignored, with a note)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("generate", help="sample stories from a stories-setting model",
