@@ -19,10 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+from paper_tables import PAPER_ETA, PAPER_PRETRAINED, mean_ci, paper_finetuned  # noqa: E402
 
 from wrapperdist.config import ExperimentConfig, read_yaml
 from wrapperdist.models import load_model, random_like
@@ -135,10 +138,15 @@ def _at(history: list[list[float]], frac: float) -> float:
 
 
 def _cell(values: list[float]) -> str:
+    """Percent, mean ± half-width of the 95 % t interval over seeds."""
     if not values:
         return "-"
-    mean = statistics.mean(values) * 100
-    return f"{mean:.0f}" if len(values) == 1 else f"{mean:.0f}±{statistics.pstdev(values) * 100:.0f}"
+    mean, half = mean_ci([100 * v for v in values])
+    return f"{mean:.0f}" if len(values) == 1 else f"{mean:.0f}±{half:.0f}"
+
+
+def _paper(value: float | None) -> str:
+    return "" if value is None else f" [{value:g}]"
 
 
 def steps_to(curve: list[list[float]], threshold: float) -> int | None:
@@ -147,12 +155,13 @@ def steps_to(curve: list[list[float]], threshold: float) -> int | None:
 
 def summarize(path: Path, threshold: float = 0.9) -> str:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    out = ["## Pretrained models (count a / count b, %, mean±sd over seeds)", "",
-           "| prior | O_PT | O_FT | seeds |", "|---|---|---|---|"]
+    out = ["Cells: accuracy %, mean ± 95 % t-interval over seeds; [the paper's Tab. 5 value, 200K / 10K iterations].",
+           "", "## Pretrained models", "", "| prior | count a (O_PT) | count b (O_FT) | seeds |", "|---|---|---|---|"]
     for prior in dict.fromkeys(r["prior"] for r in rows if r["kind"] == "pretrain"):
         pts = [r for r in rows if r["kind"] == "pretrain" and r["prior"] == prior]
-        out.append(f"| {prior} | {_cell([r['history']['pt_acc'][-1][1] for r in pts])} | "
-                   f"{_cell([r['history']['ft_acc'][-1][1] for r in pts])} | {len(pts)} |")
+        paper = PAPER_PRETRAINED.get(prior, (None, None))
+        out.append(f"| {prior} | {_cell([r['history']['pt_acc'][-1][1] for r in pts])}{_paper(paper[0])} | "
+                   f"{_cell([r['history']['ft_acc'][-1][1] for r in pts])}{_paper(paper[1])} | {len(pts)} |")
     controls = [r for r in rows if r["kind"] == "control"]
     if controls:
         out.append(f"| Scr.+FT start (counts b only) | {_cell([r['history']['pt_acc'][-1][1] for r in controls])} | "
@@ -164,10 +173,12 @@ def summarize(path: Path, threshold: float = 0.9) -> str:
         for prior in dict.fromkeys(r["prior"] for r in fts):
             for c in sorted({r["c_tr"] for r in fts}):
                 cell = [r for r in fts if (r["lr"], r["prior"], r["c_tr"]) == (lr, prior, c)]
+                paper = paper_finetuned(PAPER_ETA.get(lr, "?"), prior, c) or (None,) * len(KEYS)
                 if cell:
                     out.append(f"| {lr:g} | {prior} | {c:g} | " + " | ".join(
                         f"{_cell([_at(r['history'][k], 0.1) for r in cell])} / "
-                        f"{_cell([_at(r['history'][k], 1.0) for r in cell])}" for k in KEYS) + " |")
+                        f"{_cell([_at(r['history'][k], 1.0) for r in cell])}{_paper(p)}"
+                        for k, p in zip(KEYS, paper, strict=True)) + " |")
     refts = [r for r in rows if r["kind"] == "reft"]
     if refts:
         out += ["", f"## reFT: steps to count-a accuracy >= {threshold} (C_Te = 0; per seed; '>': not in the budget)",
