@@ -69,6 +69,22 @@ def test_progress_counts_eta_and_failed_trials():
     assert "[finetune] ft lr=2: ValueError: lr too large" in summary
 
 
+def test_log_file_gets_a_heartbeat_at_most_once_a_minute():
+    out, clock = io.StringIO(), FakeClock()
+    progress = SweepProgress(out, tty=False, clock=clock)
+    progress.phase("pretrain", 2)
+    exp = '{"pretrain": {"optim": {"steps": 100}}}'
+    progress("start", "pt-0", {"node_kind": "pretrain", "node_experiment": exp, "step": 0})
+    assert len(out.getvalue().splitlines()) == 1  # the phase line was just written
+    for step in (10, 20, 30):  # reports 20 s apart: one heartbeat once 60 s have passed
+        clock.now += 20
+        progress("progress", "pt-0", {"step": step})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[pretrain] running | 0/2 | done 0, running 1")
+    assert "ETA 5:40" in lines[1]  # 0.3 of a trial in 60 s, 1.7 trials left
+    progress.close()
+
+
 def test_progress_bar_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):
