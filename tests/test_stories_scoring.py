@@ -73,3 +73,31 @@ def test_paper_protocol_names():
             "pretrain": {"optim": {"lr": 1e-3, "steps": 1, "batch_size": 1}},
             "finetune": {"optim": {"lr": 1e-3, "steps": 1, "batch_size": 1}}}
     assert StoriesSection.of(ExperimentConfig.model_validate(base)).deletion == "F+R"
+
+
+def test_memo_computes_once(tmp_path, monkeypatch):
+    from wrapperdist.settings.stories.memo import CACHE_ENV, memoised
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"curve": [(0, 0.5), (10, 1.0)]}
+
+    first = memoised("t", {"w": "abc"}, compute)
+    assert memoised("t", {"w": "abc"}, compute) == {"curve": [[0, 0.5], [10, 1.0]]} and len(calls) == 1
+    assert first == {"curve": [(0, 0.5), (10, 1.0)]}
+    memoised("t", {"w": "abd"}, compute)
+    assert len(calls) == 2
+
+
+def test_verdict_compares_the_probe_with_not_in_pt():
+    from wrapperdist.settings.stories.analysis import StoriesEvidence, judge_stories
+
+    e = StoriesEvidence(rate_pretrained=1.0, rate_finetuned=0.1, rate_control=0.0, rate_unasked_pretrained=0.0,
+                        probe_finetuned=0.90, probe_pretrained=0.91, probe_control=0.88, probe_random_init=0.70,
+                        probe_majority=0.64, reft_steps_finetuned=1, reft_steps_control=None, reft_budget=100)
+    assert judge_stories(e, probe_margin=0.05, reft_speedup=2.0).label == "mixed"  # 0.02 above Not in PT only
+    e.probe_control = 0.80
+    assert judge_stories(e, probe_margin=0.05, reft_speedup=2.0).label == "wrapper"
