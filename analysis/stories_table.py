@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 from scipy import stats
 
+from wrapperdist.settings.stories.analysis import StoriesVerdict, evidence_from_metrics, judge_stories
 from wrapperdist.sweep.recorder import SWEEP_TAG
 from wrapperdist.tracking import STAGE_TAG, resolve_tracking_uri
 
@@ -48,6 +49,12 @@ def points_of(metrics: dict[str, float], prefix: str) -> dict[int, float]:
     return {int(m.group(1)): v for k, v in metrics.items() if (m := pattern.match(k))}
 
 
+def verdict_of(run) -> StoriesVerdict:
+    p = run.data.params
+    return judge_stories(evidence_from_metrics(run.data.metrics), float(p["analysis.verdict.probe_margin"]),
+                         float(p["analysis.verdict.reft_speedup"]))
+
+
 def tables(runs) -> list[str]:
     """Markdown: Tab. 1 (paper beside project) and the per-layer probes."""
     by_cell: dict[tuple[str, float], list] = defaultdict(list)
@@ -74,10 +81,20 @@ def tables(runs) -> list[str]:
     lines.append(f"| Not in PT (control) | {' / '.join(map(str, PAPER_TAB1[('Not in PT', '')]))} | {len(seeds)} | "
                  + " | ".join(interval(v) for v in control) + " |")
     present = [r.data.metrics["evidence.rate_pretrained"] for r in seeds.values()]
-    lines += ["", f"Present in PT (before deletion): {interval(present)} (paper: not in Tab. 1).", ""]
+    lines += ["", f"Present in PT (before deletion): {interval(present)} (paper: not in Tab. 1).", "",
+              "Loss on held-out twist stories during reFT (Fig. 11 right), mean over seeds:", "",
+              "| model | " + " | ".join(f"step {p}" for p in points) + " |", "|---|" + "---|" * len(points)]
+    for label, key, group in (*((f"deleted: {d} (η_{size[lr]})", "deleted", by_cell[(d, lr)])
+                                for d in ("F", "F+R", "F+MM") for lr in lrs if by_cell.get((d, lr))),
+                              ("Not in PT", "not_in_pt", list(seeds.values()))):
+        losses = [np.mean([points_of(r.data.metrics, f"reftloss.{key}.at_")[p] for r in group]) for p in points]
+        lines.append(f"| {label} | " + " | ".join(f"{x:.3f}" for x in losses) + " |")
+    lines.append("")
 
     layers = sorted(points_of(runs[0].data.metrics, "probe_layer.present.")) if runs else []
-    lines += ["| Twist probe, held-out accuracy (%) | " + " | ".join(f"block {i}" for i in layers) + " |",
+    # depth 0 is the embedding's output, depth i the residual stream after block i - 1 (residual_names)
+    names = ["embedding" if i == 0 else f"after block {i - 1}" for i in layers]
+    lines += ["| Twist probe, held-out accuracy (%) | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(layers)]
     for label, key, group in (("Present in PT", "present", list(seeds.values())),
                               ("Not in PT", "not_in_pt", list(seeds.values())),
@@ -87,11 +104,14 @@ def tables(runs) -> list[str]:
             values = [[points_of(r.data.metrics, f"probe_layer.{key}.")[i] for r in group] for i in layers]
             lines.append(f"| {label} | " + " | ".join(interval(v) for v in values) + " |")
     majority = [r.data.metrics["evidence.probe_majority"] for r in seeds.values()]
-    verdicts = defaultdict(int)
+    verdicts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in runs:
-        verdicts[r.data.tags.get("wrapperdist.verdict", "?")] += 1
-    lines += ["", f"Majority class: {interval(majority)}. Verdicts: "
-              + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())) + ".",
+        verdicts[f"{r.data.params['setting.deletion']} (η_{size[float(r.data.params['finetune.optim.lr'])]})"][
+            verdict_of(r).label] += 1
+    lines += ["", f"Majority class: {interval(majority)}.", "",
+              "Verdicts (recomputed from each run's logged evidence with the current rule): "
+              + "; ".join(f"{cell}: " + ", ".join(f"{k} {n}" for k, n in sorted(v.items()))
+                          for cell, v in verdicts.items()) + ".",
               "", "Cells: mean ± 95 % t half-width [min–max] over seeds, in %."]
     return lines
 

@@ -101,3 +101,18 @@ def test_verdict_compares_the_probe_with_not_in_pt():
     assert judge_stories(e, probe_margin=0.05, reft_speedup=2.0).label == "mixed"  # 0.02 above Not in PT only
     e.probe_control = 0.80
     assert judge_stories(e, probe_margin=0.05, reft_speedup=2.0).label == "wrapper"
+
+
+def test_reft_faster_when_the_control_never_gets_there():
+    from wrapperdist.settings.stories.analysis import StoriesAnalysisOutput, StoriesEvidence, evidence_from_metrics
+    from wrapperdist.settings.stories.analysis import judge_stories as judge
+
+    e = StoriesEvidence(rate_pretrained=1.0, rate_finetuned=0.0, rate_control=0.0, rate_unasked_pretrained=0.0,
+                        probe_finetuned=0.9, probe_pretrained=0.9, probe_control=0.8, probe_random_init=0.7,
+                        probe_majority=0.64, reft_steps_finetuned=100, reft_steps_control=None, reft_budget=100)
+    v = judge(e, probe_margin=0.05, reft_speedup=2.0)
+    assert v.reft_faster and v.label == "wrapper"
+    e.reft_steps_control = 100
+    assert not judge(e, probe_margin=0.05, reft_speedup=2.0).reft_faster
+    logged = StoriesAnalysisOutput(e, v, "").summary_metrics()
+    assert evidence_from_metrics(logged) == e

@@ -199,16 +199,18 @@ def judge_stories(e: StoriesEvidence, probe_margin: float, reft_speedup: float) 
     """deleted: fine-tuning at least halves the feature's rate in generations. probe_decodes: the
     deleted model's best-layer probe is `probe_margin` above the Not-in-PT model's (the paper's
     comparator, Fig. 11). reft_faster: reFT reaches the threshold share of the pretrained rate
-    `reft_speedup`× sooner than the Not-in-PT model (budget+1 = never). wrapper = deleted and reFT
-    faster and the probe decodes; not deleted; capability changed = deleted and neither sign; mixed
-    otherwise."""
+    `reft_speedup`× sooner than the Not-in-PT model, or reaches it while the Not-in-PT model never
+    does within the budget (the reFT points are log-spaced, 0 / 1 % / 10 % / 100 %, so reaching it
+    only at the last point bounds the speedup by budget / budget; `reft_speedup` keeps that bound).
+    wrapper = deleted and reFT faster and the probe decodes; not deleted; capability changed =
+    deleted and neither sign; mixed otherwise."""
     deleted = e.rate_finetuned <= 0.5 * e.rate_pretrained
     probe = e.probe_finetuned - e.probe_control >= probe_margin
     never = e.reft_budget + 1
     ft = e.reft_steps_finetuned if e.reft_steps_finetuned is not None else never
     ctrl = e.reft_steps_control if e.reft_steps_control is not None else never
     speedup = ctrl / max(ft, 1) if e.reft_steps_finetuned is not None else None
-    faster = speedup is not None and speedup >= reft_speedup
+    faster = speedup is not None and (speedup >= reft_speedup or e.reft_steps_control is None)
     if not deleted:
         label = "not deleted"
     elif faster and probe:
@@ -218,3 +220,12 @@ def judge_stories(e: StoriesEvidence, probe_margin: float, reft_speedup: float) 
     else:
         label = "mixed"
     return StoriesVerdict(label, deleted, probe, faster, speedup)
+
+
+def evidence_from_metrics(metrics: dict[str, float]) -> StoriesEvidence:
+    """The evidence an analysis run logged (`summary_metrics`), read back (a step never reached is absent)."""
+    names = [f for f in StoriesEvidence.__dataclass_fields__]
+    values = {f: metrics.get(f"evidence.{f}") for f in names}
+    for f in ("reft_steps_finetuned", "reft_steps_control", "reft_budget"):
+        values[f] = None if values[f] is None else int(values[f])
+    return StoriesEvidence(**values)
