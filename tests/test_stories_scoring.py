@@ -2,13 +2,12 @@
 generator copies from its prompt is never credited."""
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.settings.stories.config import StoriesSection
+from wrapperdist.settings.stories.config import ALIASES, StoriesSection
 from wrapperdist.settings.stories.generator import generate
 from wrapperdist.settings.stories.lm import build_corpus, feature_prompts
 from wrapperdist.settings.stories.records import prompt_text
 from wrapperdist.settings.stories.revival import AtSteps, reft_points
 from wrapperdist.settings.stories.scoring import clean_record, copy_free, feature_score, has_marker, sentences
-from wrapperdist.settings.stories.transforms import ALIASES
 
 TWIST = "Then something unexpected happened: the kite was really a golden egg!"
 

@@ -8,7 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from wrapperdist.schema import PositiveInt, SettingSection, register_section
-from wrapperdist.settings.stories.transforms import ALIASES
+
+# The protocol names this project used before issue 14 -> the paper's. Kept here, not beside the
+# transforms, so that validating a config imports no numpy (the CLI's config path stays light).
+ALIASES = {"F+AT": "F+R"}
 
 
 @register_section

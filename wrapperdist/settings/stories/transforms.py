@@ -84,10 +84,6 @@ PROTOCOLS: dict[str, Callable[[str, str], Transform]] = {
 }
 
 
-# The protocol names this project used before issue 14 -> the paper's.
-ALIASES = {"F+AT": "F+R"}
-
-
 def apply(transform: Transform, records: Iterable[StoryRecord], seed: int) -> Iterator[StoryRecord]:
     rng = np.random.default_rng(seed)
     for record in records:
