@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: the headline reproduction (sweeps/demo.yaml: 3 priors x 3 LRs x 3 seeds, analysed),
-## a local Ray sweep recorded in ./mlflow.db, then the paper's figures and tables read back from
-## MLflow into reports/headline/. About 25 minutes on 2 cores, install included.
+## The main job: the headline reproduction on the paper's PCFG protocol (sweeps/demo.yaml: low and
+## high prior x 3 seeds at eta_M with C_Tr = 1, analysed), a local Ray sweep recorded in ./mlflow.db,
+## then the paper's figures and tables read back from MLflow into reports/headline/.
 demo: install
 	$(BIN)/wrapperdist sweep sweeps/demo.yaml
 	$(BIN)/python analysis/summarize.py --experiment wrapperdist
