@@ -5,6 +5,7 @@ that only the driver talks to, and every Ray process gone afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -198,6 +199,11 @@ def test_sweep_job_survives_losing_a_worker_node(tmp_path, cluster, mlflow_serve
     assert victims[0] not in pretrain.data.tags["wrapperdist.train_nodes"]  # it finished elsewhere
     assert list((tmp_path / "shared" / "cl-pretrain").glob("*/error.txt"))  # Tune saw it fail and retried
     assert tripwire.hits == 0  # no trial ever talked to MLflow
+    # Ray Train's resource coordinator lives on the head (pinned by the driver), not on a node that may die
+    coordinators = json.loads(subprocess.run(
+        [str(BIN / "ray"), "list", "actors", "--filter", "class_name=_AutoscalingCoordinatorActor", "--format", "json"],
+        env={**os.environ, **cluster.client_env()}, capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert [a["node_id"] for a in coordinators] == [HEAD], coordinators
 
 
 def test_concurrency_grows_with_the_cluster(tmp_path, cluster, mlflow_server, tripwire):

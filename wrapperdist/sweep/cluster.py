@@ -195,3 +195,21 @@ class WhereTags:
         if tags and self.tagged.get(run_id) != tags:
             client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             self.tagged[run_id] = tags
+
+
+def pin_autoscaling_coordinator() -> bool:
+    """Create Ray's `AutoscalingCoordinator` actor now, from the driver, so that it lives on the
+    driver's node (the head on a cluster). Ray Train v2 asks that detached actor for its workers'
+    resources; Ray creates it on first use with a *hard* affinity to the creator's node — a Train
+    controller on some worker node. When that node dies the actor can never restart (its node is
+    gone) and every later Train run waits on it forever: the node-loss test hung that way. Created
+    here first, `get_if_exists` makes every Train run reuse ours. Returns False where this Ray has
+    no such actor (the API is internal; a Ray without it has nothing to pin)."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return False
+    get_or_create_autoscaling_coordinator()
+    return True

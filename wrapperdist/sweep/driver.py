@@ -13,7 +13,13 @@ from typing import Any
 
 from wrapperdist.config import config_hash, flatten
 from wrapperdist.store import Store
-from wrapperdist.sweep.cluster import RayTarget, autoscaling_config, cluster_layout, resolve_address
+from wrapperdist.sweep.cluster import (
+    RayTarget,
+    autoscaling_config,
+    cluster_layout,
+    pin_autoscaling_coordinator,
+    resolve_address,
+)
 from wrapperdist.sweep.cluster import describe as describe_concurrency
 from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, StudyRef, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
@@ -90,6 +96,7 @@ def _start_ray(layout, pid_file: Path, address: str | None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=False)
+        pin_autoscaling_coordinator()  # on the head, which outlives the worker nodes
         return
     # address="local": a new instance of our own, even when a `ray start --head` is still running or
     # a crashed head left /tmp/ray/ray_current_cluster behind (ray.init() with no address attaches
