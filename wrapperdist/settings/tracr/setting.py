@@ -121,7 +121,9 @@ class TracrSetting(AnswerSetting):
     def control_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """Scr.+FT control: the program compiled for the fine-tuning target instead."""
         s = TracrSection.of(cfg)
-        swapped = s.model_copy(update={"pretrain_target": s.finetune_target, "finetune_target": s.pretrain_target})
+        # the same relation read from the other side: r(x, O_PT) - r(x, O_FT) = -q
+        swapped = s.model_copy(update={"pretrain_target": s.finetune_target, "finetune_target": s.pretrain_target,
+                                       "spurious_offset": -s.spurious_offset})
         return cfg.model_copy(update={"name": f"{cfg.name}-scr-control", "setting": swapped})
 
     def run_label(self, cfg: ExperimentConfig, kind: StageKind) -> str:
