@@ -33,6 +33,7 @@ tracr: install
 	$(BIN)/wrapperdist sweep sweeps/tracr_counter.yaml
 	$(BIN)/wrapperdist sweep sweeps/tracr_counter_reft.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+	$(BIN)/python analysis/tracr_attention.py --out reports/tracr-counter
 	$(BIN)/wrapperdist sweep sweeps/tracr_max.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 
