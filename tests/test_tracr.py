@@ -263,7 +263,10 @@ def test_tracr_sweep_end_to_end(tmp_path, monkeypatch):
     from wrapperdist.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**TRACR, "tracking": {"experiment": "tr"}}))
+    light = {**TRACR, "tracking": {"experiment": "tr"},  # the plumbing, not the result: short stages
+             "finetune": {"optim": {**TRACR["finetune"]["optim"], "steps": 60, "eval_every": 30}},
+             "analysis": {**TRACR["analysis"], "reft": {"steps": 20, "eval_every": 10, "lr": 0.003}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(light))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "tr", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"),
         "grid": {"finetune.optim.lr": [0.1, 0.01]}, "revival_budgets": [20]}))
