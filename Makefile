@@ -31,6 +31,7 @@ demo: install
 ## analysed and revived; Fig. 10; reports under reports/tracr-counter/ and reports/tracr-max/.
 tracr: install
 	$(BIN)/wrapperdist sweep sweeps/tracr_counter.yaml
+	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 	$(BIN)/wrapperdist sweep sweeps/tracr_counter_reft.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 	$(BIN)/python analysis/tracr_attention.py --out reports/tracr-counter

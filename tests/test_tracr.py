@@ -226,6 +226,7 @@ def test_single_weight_pruning_removes_a_planted_weight():
     best = max(alone, key=alone.get)
     assert best == planted and alone[best] == 1.0  # removing it alone restores the compiled count exactly
     assert paper_weight_label(model, best) == f"B2WV{one}-{head_dim}"
+    assert paper_weight_label(model, ("blocks.1.mlp.fc.weight", 1)) == "B1W1_1-0"  # torch (out 0, in 1)
     assert acc() < 0.5  # and the removal was temporary
 
 

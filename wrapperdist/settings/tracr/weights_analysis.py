@@ -26,13 +26,15 @@ _MATRIX = {"attn.q": "Q", "attn.k": "K", "attn.v": "V", "attn.proj": "O", "mlp.f
 
 def paper_weight_label(model: torch.nn.Module, weight: Weight) -> str:
     """`B1WV97-0`: block 1, value matrix, residual row 97 -> head column 0, in Tracr's (in, out)
-    layout (torch stores (out, in)); embeddings as `Etok3-97` / `Epos5-12`."""
+    layout (torch stores (out, in)); MLP matrices `B1W1_64-32` / `B1W2_32-64`; embeddings as
+    `Etok3-97` / `Epos5-12`."""
     name, flat = weight
     tensor = weight_matrices(model)[name][0]
     out_i, in_i = (int(i) for i in np.unravel_index(flat, tuple(tensor.shape)))
     if name.startswith("blocks."):
         _, block, *rest = name.split(".")
-        return f"B{block}W{_MATRIX['.'.join(rest[:2])]}{in_i}-{out_i}"
+        matrix = _MATRIX[".".join(rest[:2])]
+        return f"B{block}W{matrix}{'_' if matrix.isdigit() else ''}{in_i}-{out_i}"  # B1W1_64-32, not B1W164-32
     return f"E{name.split('_')[0]}{out_i}-{in_i}"  # an embedding row is (token or position) -> residual
 
 
