@@ -266,7 +266,8 @@ def test_tracr_sweep_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     light = {**TRACR, "tracking": {"experiment": "tr"},  # the plumbing, not the result: short stages
              "finetune": {"optim": {**TRACR["finetune"]["optim"], "steps": 60, "eval_every": 30}},
-             "analysis": {**TRACR["analysis"], "reft": {"steps": 20, "eval_every": 10, "lr": 0.003}}}
+             "analysis": {**TRACR["analysis"], "reft": {"steps": 20, "eval_every": 10, "lr": 0.003}},
+             "eval": {"samples": 150}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(light))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "tr", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"),

@@ -19,7 +19,7 @@ from wrapperdist.settings.answer_analysis import ANALYSIS_SEED
 from wrapperdist.settings.tracr.tasks import TracrTarget, TracrTasks, reference_answer
 from wrapperdist.sink import Sink
 
-CUMULATIVE_KS = tuple(range(21))  # the paper's Fig. 57: K = 0..20 single weights
+MAX_CUMULATIVE_K = 20  # the paper's Fig. 57: K = 0..20 single weights (fewer where prune.ks stops sooner)
 SINGLE_TOP = 10  # the top-ranked weights also removed one at a time (Figs. 55-56: W1..W4)
 _MATRIX = {"attn.q": "Q", "attn.k": "K", "attn.v": "V", "attn.proj": "O", "mlp.fc": "1", "mlp.out": "2"}
 
@@ -82,17 +82,19 @@ class SingleWeightResult:
 def single_weight_analysis(setting: Any, cfg: ExperimentConfig, tasks: Any, model: Any,
                            sink: Sink) -> SingleWeightResult:
     """Alg. 3 on single weights (the same ranking as the shared analysis: same data, same score),
-    removed cumulatively for K = 0..20 and each of the top ten alone; logs `prune.single.*`."""
+    removed cumulatively for K = 0..min(20, max(prune.ks)) and each of the top ten alone; logs
+    `prune.single.*`."""
     p = cfg.analysis.prune
     tokens, answers = (torch.from_numpy(x) for x in
                        tasks.batch("capability", p.score_samples, np.random.default_rng(ANALYSIS_SEED)))
     ranking = rank_rows(weight_scores(model, tokens, answers, p.scope))
     evaluate = setting.evaluator(cfg, setting.analysis_eval_keys)
+    ks = tuple(range(min(MAX_CUMULATIVE_K, max(p.ks)) + 1))
     cumulative = []
-    for k in CUMULATIVE_KS:
+    for k in ks:
         with weights_removed(model, ranking[:k]):
             cumulative.append(evaluate(model))
-    labels = [paper_weight_label(model, w) for w in ranking[: max(CUMULATIVE_KS)]]
+    labels = [paper_weight_label(model, w) for w in ranking[: max(SINGLE_TOP, ks[-1])]]
     singles = []
     for w in ranking[:SINGLE_TOP]:
         with weights_removed(model, [w]):
@@ -102,7 +104,7 @@ def single_weight_analysis(setting: Any, cfg: ExperimentConfig, tasks: Any, mode
     best = int(np.argmax(gains))
     sink.log_metrics({"prune.single.best_gain": gains[best], "prune.single.best_rank": float(best),
                       "prune.single.cumulative_best_gain": max(m["pt_acc"] for m in cumulative) - base}, 0)
-    for k, m in zip(CUMULATIVE_KS, cumulative, strict=True):
+    for k, m in zip(ks, cumulative, strict=True):
         sink.log_metrics({f"prune.single.cumulative.{key}": v for key, v in m.items()}, k)
     lines = ["", "## Single weights (Alg. 3 on weights; paper's labels: block, matrix, residual-in - out)", "",
              "| rank | weight | pt / ft (C_Te=0), removed alone | pt / ft (C_Te=1), removed alone |",
@@ -111,14 +113,14 @@ def single_weight_analysis(setting: Any, cfg: ExperimentConfig, tasks: Any, mode
         lines.append(f"| {i + 1} | {labels[i]} | {m['pt_acc']:.3f} / {m['ft_acc']:.3f} | "
                      f"{m['pt_acc_spurious']:.3f} / {m['ft_acc_spurious']:.3f} |")
     lines += ["", f"Best single weight: {labels[best]}, pt_acc {base:.3f} -> {singles[best]['pt_acc']:.3f} "
-              f"({gains[best]:+.3f}). Cumulative K = 0..20: best pt_acc "
+              f"({gains[best]:+.3f}). Cumulative K = 0..{ks[-1]}: best pt_acc "
               f"{max(m['pt_acc'] for m in cumulative):.3f}.", ""]
-    return SingleWeightResult(_figure(cumulative, labels, setting.eval_metrics, cfg.name), "\n".join(lines))
+    return SingleWeightResult(_figure(cumulative, labels[: ks[-1]], setting.eval_metrics, cfg.name), "\n".join(lines))
 
 
 def _figure(cumulative: list[dict[str, float]], labels: list[str], metrics: Any, name: str) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    ks = list(CUMULATIVE_KS)
+    ks = list(range(len(cumulative)))
     for ax, suffix, title in ((axes[0], "", "C_Te = 0"), (axes[1], "_spurious", "C_Te = 1")):
         for key, style in ((f"pt_acc{suffix}", "-o"), (f"ft_acc{suffix}", "--^")):
             ax.plot(ks, [m[key] for m in cumulative], style, markersize=4, label=metrics[key].label)
