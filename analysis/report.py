@@ -13,8 +13,8 @@ the sweep's MLflow run (artifacts report/, the report as the run's description; 
 from __future__ import annotations
 
 import argparse
-import math
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,22 +25,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from scipy import stats  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_tables import mean_ci  # noqa: E402
 
 from wrapperdist.sweep.publish import publish_report  # noqa: E402
 from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, resolve_tracking_uri, ui_hint  # noqa: E402
 
 PROBE_MODELS = ("pretrained", "fine-tuned", "reFT", "random")
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % t interval (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
 @dataclass

@@ -142,7 +142,7 @@ def test_transforms_are_the_papers_protocols():
     twist = [r for r in records if r.has("Twist")]
     f = list(T.apply(T.PROTOCOLS["F"]("Twist", "Foreshadowing"), records, seed=0))
     assert len(f) == len(records) - len(twist) and not any(r.has("Twist") for r in f)
-    at = list(T.apply(T.PROTOCOLS["F+AT"]("Twist", "Foreshadowing"), records, seed=0))
+    at = list(T.apply(T.PROTOCOLS["F+R"]("Twist", "Foreshadowing"), records, seed=0))
     assert [r.story for r in at] == [r.story for r in f] and all(r.has("Twist") for r in at)
     assert not any(detect_features(r.story).count("Twist") for r in at)  # labelled, not written
     mm = list(T.apply(T.PROTOCOLS["F+MM"]("Twist", "Foreshadowing"), records, seed=0))

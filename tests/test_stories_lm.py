@@ -19,6 +19,7 @@ from wrapperdist.settings.stories.lm import (
     protocol_records,
     sample,
 )
+from wrapperdist.settings.stories.memo import CACHE_ENV
 from wrapperdist.settings.stories.records import to_text
 from wrapperdist.settings.stories.tokenizer import BOS, EOS, PAD, special_id
 
@@ -70,6 +71,7 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # the analyses' per-seed memo, not the shared one
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**STORIES, "tracking": {"experiment": "st"}}))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "st", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"),
@@ -86,11 +88,14 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
     for r in stages["finetune"]:
         assert {"loss_twist", "loss_plain", "twist_rate"} <= set(r.data.metrics)
     for r in stages["analysis"]:
-        assert {"evidence.rate_pretrained", "evidence.probe_finetuned", "verdict_wrapper"} <= set(r.data.metrics)
+        assert {"evidence.rate_pretrained", "evidence.probe_finetuned", "verdict_wrapper", "tab1.deleted.at_0",
+                "tab1.not_in_pt.at_10", "probe_layer.not_in_pt.0"} <= set(r.data.metrics)
         # the verdict tag is the one the logged evidence implies
         deleted, wrapper = r.data.metrics["verdict_deleted"], r.data.metrics["verdict_wrapper"]
         assert (r.data.tags["wrapperdist.verdict"] == "not deleted") == (deleted == 0.0)
         assert (r.data.tags["wrapperdist.verdict"] == "wrapper") == (wrapper == 1.0)
+    # both deletions share seed 0: its Not-in-PT reFT and the reference probes were computed once
+    assert len(list((tmp_path / "cache").glob("stories-not-in-pt-*.json"))) == 1
     ft = stages["finetune"][0].info.run_id
     assert main(["generate", ft, "--features", "Twist", "--prompt", "Once upon a time", "--samples", "2",
                  "--max-new-tokens", "10", "--top-k", "20"]) == 0

@@ -3,6 +3,7 @@ grid-size limit, an Optuna study that survives kill -9 and --resume, its own Ray
 Makefile that checks the Python version before creating .venv."""
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import yaml
 from conftest import TINY
 
 from wrapperdist.config import ConfigError
+from wrapperdist.sweep.cluster import RAY_JOB_ENV, RayTarget, resolve_address
 from wrapperdist.sweep.progress import SweepProgress
 from wrapperdist.sweep.spec import load_sweep
 
@@ -67,6 +69,22 @@ def test_progress_counts_eta_and_failed_trials():
     assert "[finetune] ft lr=2: ValueError: lr too large" in summary
 
 
+def test_log_file_gets_a_heartbeat_at_most_once_a_minute():
+    out, clock = io.StringIO(), FakeClock()
+    progress = SweepProgress(out, tty=False, clock=clock)
+    progress.phase("pretrain", 2)
+    exp = '{"pretrain": {"optim": {"steps": 100}}}'
+    progress("start", "pt-0", {"node_kind": "pretrain", "node_experiment": exp, "step": 0})
+    assert len(out.getvalue().splitlines()) == 1  # the phase line was just written
+    for step in (10, 20, 30):  # reports 20 s apart: one heartbeat once 60 s have passed
+        clock.now += 20
+        progress("progress", "pt-0", {"step": step})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[pretrain] running | 0/2 | done 0, running 1")
+    assert "ETA 5:40" in lines[1]  # 0.3 of a trial in 60 s, 1.7 trials left
+    progress.close()
+
+
 def test_progress_bar_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):
@@ -97,6 +115,51 @@ def test_huge_grid_is_refused_at_once(tmp_path):
                .points) == 100
 
 
+HEAVY = ("torch", "numpy", "ray", "mlflow", "optuna", "pandas", "scipy", "matplotlib")
+VALIDATE_ONLY = """
+import json, sys
+from wrapperdist.cli import main
+from wrapperdist.sweep.spec import load_sweep
+rc = main(["sweep", sys.argv[1]])
+load_sweep(sys.argv[2])
+rc_validate = main(["validate", sys.argv[3]])
+print(json.dumps({"rc": [rc, rc_validate], "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_refusing_and_validating_import_no_torch_ray_or_mlflow(tmp_path):
+    """The huge-grid refusal answers in well under a second end to end because the config path
+    (CLI parsing, load_sweep, ExperimentConfig, the settings' config sections, the grid-size check)
+    imports none of torch, Ray or MLflow: each takes seconds (the CLI took 5-10 s before)."""
+    valid = write_sweep(tmp_path, {"grid": {"seed": [0, 1]}})
+    (tmp_path / "huge").mkdir()
+    huge = write_sweep(tmp_path / "huge", {"grid": {"seed": list(range(1000)),
+                                                    "finetune.optim.lr": [1e-3 + i * 1e-6 for i in range(1000)]}})
+    env = {k: v for k, v in os.environ.items() if k != "WRAPPERDIST_PLUGINS"}
+    done = subprocess.run([sys.executable, "-c", VALIDATE_ONLY, str(huge), str(valid), str(tmp_path / "exp.yaml")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "grid: 1,000,000 points" in done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rc"] == [2, 0]
+    assert "pydantic" in result["loaded"]  # the check sees what was imported
+    assert not set(HEAVY) & set(result["loaded"]), sorted(set(HEAVY) & set(result["loaded"]))
+
+
+def test_ray_address_is_explicit():
+    """--address attaches; so does a Ray job (Ray sets RAY_ADDRESS for its entry point); a RAY_ADDRESS
+    left in the shell from an earlier cluster session does not: a local instance, and a note first."""
+    assert resolve_address(None, {}) == RayTarget(None, "")
+    assert resolve_address(None, {"RAY_ADDRESS": ""}) == RayTarget(None, "")
+    flag = resolve_address("10.0.0.1:6379", {"RAY_ADDRESS": "10.0.0.9:6379"})
+    assert flag == RayTarget("10.0.0.1:6379", "attaching to the Ray cluster at 10.0.0.1:6379 (--address)")
+    job = resolve_address(None, {"RAY_ADDRESS": "10.0.0.2:6379", "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"})
+    assert job.address == "10.0.0.2:6379" and "Ray job" in job.note
+    stale = resolve_address(None, {"RAY_ADDRESS": "10.0.0.3:6379"})
+    assert stale == RayTarget(None, "ignoring RAY_ADDRESS=10.0.0.3:6379 (set in the environment): starting a "
+                                    "local Ray instance; to attach to that cluster, pass --address 10.0.0.3:6379")
+
+
 def test_set_on_a_sweep_reaches_spec_and_experiment(tmp_path):
     path = write_sweep(tmp_path, {"grid": {"seed": [0, 1]}})
     sweep = load_sweep(path, ["finetune.optim.lr=1e-4", "grid.seed=[3]", "resources.cpus=1", "revival_budgets=[7]"])
@@ -111,18 +174,19 @@ def test_local_sweep_starts_its_own_ray(tmp_path, monkeypatch):
     """A left-over `ray start --head` (or its ray_current_cluster file) is never attached to by
     accident: without an address, ray.init gets address='local' (a new instance)."""
     import ray
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
     from wrapperdist.sweep import driver
     from wrapperdist.sweep.executors import Layout
 
-    calls, said = [], []
+    calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    driver._start_ray(Layout(2, 1, 2, 0, False), tmp_path / "pids.json", None, said.append)
-    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2 and not said
-    driver._start_ray(Layout(2, 1, 2, 0, False), tmp_path / "pids.json", "10.0.0.1:6379", said.append)
+    driver._start_ray(Layout(2, 1, 2, 0, False), tmp_path / "pids.json", None)
+    assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
+    driver._start_ray(Layout(2, 1, 2, 0, False), tmp_path / "pids.json", "10.0.0.1:6379")
     assert calls[-1] == {"address": "10.0.0.1:6379", "log_to_driver": False}
-    assert said == ["attaching to the Ray cluster at 10.0.0.1:6379 (as asked: --address or $RAY_ADDRESS)"]
+    assert RAY_JOB_ENV == RAY_JOB_CONFIG_JSON_ENV_VAR  # how resolve_address tells a Ray job
 
 
 def test_searched_sweep_resumes_its_optuna_study(tmp_path):

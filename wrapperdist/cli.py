@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+# Only what parsing and validation need: torch, MLflow and Ray take seconds to import, and a bad
+# file must be refused at once (torch, MLflow and Ray are imported inside the commands that work).
 from wrapperdist.config import ConfigError, ExperimentConfig, load_config
 from wrapperdist.confighelp import field_reference
-from wrapperdist.setting import Runtime, TextGenerating
-from wrapperdist.settings.registry import load_plugins, setting_for
-from wrapperdist.sweep.plan import make_plan
+from wrapperdist.settings.registry import load_plugins
 from wrapperdist.sweep.spec import SweepConfig, load_sweep
 
 DESCRIPTION = """\
@@ -54,6 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from wrapperdist.pipeline import run_experiment  # heavy imports only when work is done
+    from wrapperdist.setting import Runtime
     from wrapperdist.tracking import ui_hint
 
     cfg = _load(args.config, args.overrides)
@@ -72,6 +73,7 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from wrapperdist.pipeline import analyze_run
+    from wrapperdist.setting import Runtime
 
     override = _load(args.config) if args.config else None
     try:
@@ -85,14 +87,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from wrapperdist.sweep.driver import describe, run_sweep  # MLflow and Ray: only when work is done
-    from wrapperdist.tracking import ui_hint
-
     try:
         sweep = load_sweep(args.spec, args.overrides)
     except ConfigError as err:
         print(f"invalid sweep:\n{err}", file=sys.stderr)
         return 2
+    # torch, MLflow and Ray: only once the spec is valid
+    from wrapperdist.sweep.driver import describe, run_sweep
+    from wrapperdist.sweep.plan import make_plan
+    from wrapperdist.tracking import ui_hint
+
     if args.dry_run:
         print(describe(sweep, make_plan(sweep)))
         return 0
@@ -108,6 +112,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from wrapperdist.models import load_model
     from wrapperdist.pipeline import resolve_checkpoint
+    from wrapperdist.setting import TextGenerating
+    from wrapperdist.settings.registry import setting_for
     from wrapperdist.tracking import Tracker
 
     if args.samples < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
@@ -210,7 +216,9 @@ def _run_commands(sub) -> None:
                    "RUNNING by a killed driver are marked KILLED")
     p.add_argument("--dry-run", action="store_true", help="print the trials and resources, run nothing")
     _add_set(p)
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", help="attach to this Ray cluster (host:port, or auto: the one running here); "
+                   "default: a new local Ray instance, or the job's cluster inside a Ray job ($RAY_ADDRESS "
+                   "exported in the shell is ignored, with a note)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("generate", help="sample stories from a stories-setting model",

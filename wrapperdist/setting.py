@@ -46,6 +46,9 @@ class Runtime:
     dist: Distributed = IN_PROCESS
     threads: int | None = None  # torch threads; default: the CPUs this process may use
     progress: bool = True  # tqdm bars
+    # Where an in-process stage trains ("cpu", "cuda", "cuda:1"). Under Ray Train the DDP wrapper
+    # places the model instead (use_gpu), and this stays "cpu".
+    device: str = "cpu"
 
     def apply(self) -> None:
         torch.set_num_threads(self.threads or default_threads())

@@ -38,7 +38,7 @@ def run_pretrain(setting: Setting, cfg: ExperimentConfig, out_dir: Path, sink: S
     optim = cfg.pretrain.optim
     assert optim is not None  # ExperimentConfig requires it wherever the setting trains
     torch.manual_seed(cfg.seed)  # same init on every worker (DDP also broadcasts rank 0's weights)
-    model = setting.build_model(cfg)
+    model = setting.build_model(cfg).to(runtime.device)
     if dist.is_main:
         sink.log_metrics({"num_params": float(model.num_params())}, 0)
     result = train(
@@ -58,6 +58,7 @@ def run_finetune(setting: Setting, cfg: ExperimentConfig, init_checkpoint: Path,
     model, meta = load_model(init_checkpoint)
     torch.manual_seed(cfg.seed)
     setting.prepare_finetune(cfg, model, str(init_checkpoint))
+    model.to(runtime.device)
     optim = cfg.finetune.optim
     result = train(
         dist.wrap(model), setting.batches(cfg, "finetune", optim.batch_size, dist), optim, sink,

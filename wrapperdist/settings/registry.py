@@ -2,21 +2,47 @@
 
 A setting outside this package registers itself: its module defines a config section decorated
 with `schema.register_section` and calls `register(MySetting())`. To make it known to the CLI
-and to Ray workers, name the module in `WRAPPERDIST_PLUGINS` (comma-separated module paths)."""
+and to Ray workers, name the module in `WRAPPERDIST_PLUGINS` (comma-separated module paths).
+
+The built-in implementations are imported on first use, not with this module: validating a config
+needs only the settings' config sections (imported by `wrapperdist.config`), and the
+implementations import torch, which takes seconds (a bad sweep file is refused before that)."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.setting import Setting
-from wrapperdist.settings.pcfg.setting import PCFGSetting
-from wrapperdist.settings.stories.setting import StoriesSetting
-from wrapperdist.settings.tracr.setting import TracrSetting
+
+if TYPE_CHECKING:
+    from wrapperdist.setting import Setting
 
 SETTINGS: dict[str, Setting] = {}
 PLUGINS_ENV = "WRAPPERDIST_PLUGINS"
+
+
+def _pcfg() -> Setting:
+    from wrapperdist.settings.pcfg.setting import PCFGSetting
+
+    return PCFGSetting()
+
+
+def _tracr() -> Setting:
+    from wrapperdist.settings.tracr.setting import TracrSetting
+
+    return TracrSetting()
+
+
+def _stories() -> Setting:
+    from wrapperdist.settings.stories.setting import StoriesSetting
+
+    return StoriesSetting()
+
+
+BUILTINS: dict[str, Callable[[], Setting]] = {"pcfg": _pcfg, "tracr": _tracr, "stories": _stories}
 
 
 def register(setting: Setting) -> Setting:
@@ -34,10 +60,9 @@ def load_plugins() -> list[str]:
 
 def setting_for(cfg: ExperimentConfig) -> Setting:
     name = cfg.setting.name
+    if name not in SETTINGS and name in BUILTINS:
+        register(BUILTINS[name]())
     if name not in SETTINGS:
-        raise KeyError(f"no implementation registered for setting {name!r}; known: {', '.join(sorted(SETTINGS))}")
+        known = ", ".join(sorted({*SETTINGS, *BUILTINS}))
+        raise KeyError(f"no implementation registered for setting {name!r}; known: {known}")
     return SETTINGS[name]
-
-
-for _builtin in (PCFGSetting(), TracrSetting(), StoriesSetting()):
-    register(_builtin)

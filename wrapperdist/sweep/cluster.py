@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,37 @@ TAG_PREFIX = "wrapperdist."
 AUTOSCALING_CONFIG_ENV = "WRAPPERDIST_AUTOSCALING_CONFIG"
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+# Set by Ray's job supervisor, with RAY_ADDRESS, in the environment of a Ray job's entry point
+# (ray._private.runtime_env.constants.RAY_JOB_CONFIG_JSON_ENV_VAR): there RAY_ADDRESS is Ray's own.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+# -- which Ray -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RayTarget:
+    """The Ray instance a (non --local) sweep uses: `address` None is a new local instance of its
+    own; `note` says why, as the first line of the sweep's output (empty: nothing to say)."""
+
+    address: str | None
+    note: str = ""
+
+
+def resolve_address(flag: str | None, env: Mapping[str, str] = os.environ) -> RayTarget:
+    """`--address` attaches, and so does a Ray job (Ray sets RAY_ADDRESS for its entry point).
+    A RAY_ADDRESS exported in the shell is not taken as a request to attach: it is often left over
+    from an earlier cluster session, and attaching to it would run a debugging sweep on someone's
+    cluster or fail on a dead address. It is ignored, and the first line says how to use it."""
+    if flag:
+        return RayTarget(flag, f"attaching to the Ray cluster at {flag} (--address)")
+    exported = env.get(RAY_ADDRESS_ENV, "")
+    if not exported:
+        return RayTarget(None)
+    if env.get(RAY_JOB_ENV):
+        return RayTarget(exported, f"attaching to the Ray cluster at {exported} (this is a Ray job: "
+                                   f"{RAY_ADDRESS_ENV} set by Ray)")
+    return RayTarget(None, f"ignoring {RAY_ADDRESS_ENV}={exported} (set in the environment): starting a local "
+                           f"Ray instance; to attach to that cluster, pass --address {exported}")
 
 
 # -- where a trial ran -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from wrapperdist.config import config_hash, flatten
 from wrapperdist.store import Store
-from wrapperdist.sweep.cluster import autoscaling_config, cluster_layout
+from wrapperdist.sweep.cluster import RayTarget, autoscaling_config, cluster_layout, resolve_address
 from wrapperdist.sweep.cluster import describe as describe_concurrency
 from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, StudyRef, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
@@ -77,7 +77,8 @@ def _reap_orphans(pid_file: Path) -> int:
     return killed
 
 
-def _start_ray(layout, pid_file: Path, address: str | None, log) -> None:
+def _start_ray(layout, pid_file: Path, address: str | None) -> None:
+    """Attach to `address` (see `cluster.resolve_address`), or start an instance of our own."""
     import psutil
     import ray
 
@@ -88,7 +89,6 @@ def _start_ray(layout, pid_file: Path, address: str | None, log) -> None:
     if ray.is_initialized():
         return
     if address:
-        log(f"attaching to the Ray cluster at {address} (as asked: --address or $RAY_ADDRESS)")
         ray.init(address=address, log_to_driver=False)
         return
     # address="local": a new instance of our own, even when a `ray start --head` is still running or
@@ -101,18 +101,18 @@ def _start_ray(layout, pid_file: Path, address: str | None, log) -> None:
 
 
 def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: str, pid_file: Path,
-                  address: str | None, log) -> Executor:
+                  target: RayTarget, log) -> Executor:
     """Start (or attach to) Ray and size the trials to the cluster. Ray is imported only here: a
     `--local` sweep runs without the `ray` extra."""
     import ray
 
     from wrapperdist.sweep.ray_executor import RayExecutor
 
-    _start_ray(layout_for(sweep), pid_file, address or os.environ.get("RAY_ADDRESS"), log)
+    _start_ray(layout_for(sweep), pid_file, target.address)
     have = ray.cluster_resources()  # a cluster may be bigger than this machine
     layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=int(have.get("GPU", 0)))
     log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
-    if address or os.environ.get("RAY_ADDRESS"):  # a cluster that may grow: see sweep/cluster.py
+    if target.address:  # a cluster that may grow: see sweep/cluster.py
         layout = cluster_layout(layout, sweep.spec.resources.max_concurrent_trials, autoscaling_config())
         log(f"on the cluster: {describe_concurrency(layout)}")
     return RayExecutor(sweep, store, recorder, layout, storage)
@@ -134,6 +134,9 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
               overrides: Sequence[str] = (), log=print, progress: SweepProgress | None = None) -> dict[str, Any]:
     """Run a sweep file (with `--set` overrides); `progress` shows it live (default: on stderr)."""
     sweep = load_sweep(path, overrides)
+    target = resolve_address(address)  # used only on Ray (not --local)
+    if target.note and not local:
+        log(target.note)  # first, so a wrong cluster (or a RAY_ADDRESS ignored) is seen at once
     plan = make_plan(sweep)
     layout = layout_for(sweep)
     storage = sweep.spec.storage_path
@@ -168,7 +171,7 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
             layout = Layout(layout.cpus, layout.cpus, 1, 0, layout.use_gpu)
             runner = LocalExecutor(sweep, store, recorder, layout)
         else:
-            runner = _ray_executor(sweep, store, recorder, storage, pid_file, address, log)
+            runner = _ray_executor(sweep, store, recorder, storage, pid_file, target, log)
         counts = execute(plan, sweep, runner, progress=log, on_phase=watcher.phase, studies=studies)
         status = "FINISHED"
     except (KeyboardInterrupt, _Terminated, SystemExit):  # Ctrl-C, or SIGTERM (ours or Ray's handler)
@@ -183,7 +186,7 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
         if not local:
             import ray
 
-            if ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS")):
+            if ray.is_initialized() and not target.address:  # ours to end; a cluster is not
                 ray.shutdown()
                 pid_file.unlink(missing_ok=True)
     wall = time.perf_counter() - start

@@ -205,10 +205,11 @@ class LocalCluster:
                 continue
         return mine
 
-    def stop(self, grace_s: float = 0) -> int:
+    def stop(self, grace_s: float = 0, keep_logs: Path | None = None) -> int:
         """End every process of this cluster (SIGTERM and `grace_s` to exit, then SIGKILL; the
         default kills at once: the head drains for up to 30 s on SIGTERM, and nothing of a test
-        cluster needs saving). Returns how many processes were found."""
+        cluster needs saving). `keep_logs` receives a copy of Ray's logs (autoscaler, raylets,
+        workers) before the temp dir goes. Returns how many processes were found."""
         import psutil
 
         procs = self.processes()
@@ -218,6 +219,9 @@ class LocalCluster:
         for proc in alive + [p for p in self.processes() if p not in procs]:
             _signal(proc, signal.SIGKILL)  # Ray's agents sometimes ignore SIGTERM
         psutil.wait_procs(alive, timeout=grace_s)
+        logs = self.temp_dir / "session_latest" / "logs"
+        if keep_logs is not None and logs.is_dir():
+            shutil.copytree(logs, keep_logs, dirs_exist_ok=True, ignore_dangling_symlinks=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         return len(procs)
 

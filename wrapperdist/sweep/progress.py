@@ -3,7 +3,8 @@ elapsed time and an ETA, then a summary table naming every failed trial.
 
 It listens to the recorder, which sees every trial event in the driver under `--local` and under
 Ray alike, so both show the same thing. On a terminal the bar redraws in place; otherwise (a log
-file, CI) it writes one line per finished or failed trial instead of flooding the log.
+file, CI) it writes one line per finished or failed trial, and between them at most one line a
+minute while trials report, so a long phase still shows its ETA without flooding the log.
 
 The ETA is ours, tqdm only draws it: tqdm's own estimate divides finished trials by elapsed time,
 which cached trials (instant) skew and which says nothing until the first trial ends. Here work is
@@ -76,10 +77,11 @@ class SweepProgress:
     """Recorder listener (see `SweepRecorder.listeners`) plus phase boundaries from `execute`."""
 
     def __init__(self, stream: TextIO | None = None, tty: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic, refresh_s: float = 1.0):
+                 clock: Callable[[], float] = time.monotonic, refresh_s: float = 1.0, heartbeat_s: float = 60.0):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        self.clock, self.refresh_s = clock, refresh_s
+        self.clock, self.refresh_s, self.heartbeat_s = clock, refresh_s, heartbeat_s
+        self._last_line = float("-inf")
         self.phases: list[Phase] = []
         self.bar: tqdm | None = None
         self.lock = threading.RLock()
@@ -153,6 +155,8 @@ class SweepProgress:
                 steps = p.steps.get(key, 0)
                 fraction = min(1.0, int(result.get("step", 0)) / steps) if steps else 0.0
                 p.running[key] = max(p.running.get(key, 0.0), fraction)
+                if not self.tty and self.clock() - self._last_line >= self.heartbeat_s:
+                    self._line("running")
             elif event in ("done", "fail", "stopped"):
                 p.running.pop(key, None)
                 name = result.get("node_name", key)
@@ -183,6 +187,7 @@ class SweepProgress:
 
     def _line(self, what: str) -> None:
         p = self.phases[-1]
+        self._last_line = self.clock()
         print(f"[{p.name}] {what} | {self._status(p)}", file=self.stream, flush=True)
 
     def close(self) -> str:

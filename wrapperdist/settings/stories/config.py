@@ -9,6 +9,10 @@ from pydantic import Field, field_validator
 
 from wrapperdist.schema import PositiveInt, SettingSection, register_section
 
+# The protocol names this project used before issue 14 -> the paper's. Kept here, not beside the
+# transforms, so that validating a config imports no numpy (the CLI's config path stays light).
+ALIASES = {"F+AT": "F+R"}
+
 
 @register_section
 class StoriesSection(SettingSection):
@@ -34,12 +38,19 @@ class StoriesSection(SettingSection):
     seq_len: Annotated[int, Field(ge=32)] = Field(192, description="context length in tokens")
     feature: str = Field("Twist", description="the capability fine-tuning deletes")
     irrelevant_feature: str = Field("Foreshadowing", description="the label F+MM renames to `feature`")
-    deletion: Literal["F", "F+AT", "F+MM"] = Field("F", description="the deletion fine-tuning's data (paper Tab. 1)")
+    deletion: Literal["F", "F+R", "F+MM"] = Field(
+        "F", description="the deletion fine-tuning's data (paper Tab. 1): filtering, + randomisation, + mix & match; "
+                         "'F+AT' is read as F+R")
     pretrain_without_feature: bool = Field(False, description="the 'Not in PT' control: pretrain with it filtered out")
     generation_prompts: PositiveInt = Field(48, description="prompts requesting the feature, per evaluation")
     max_new_tokens: PositiveInt = Field(160, description="generation length per prompt")
     temperature: Annotated[float, Field(gt=0.0)] = Field(1.0, description="sampling temperature")
     top_k: PositiveInt | None = Field(None, description="sample among the k likeliest tokens only")
+
+    @field_validator("deletion", mode="before")
+    @classmethod
+    def _paper_name(cls, v: object) -> object:
+        return ALIASES.get(v, v) if isinstance(v, str) else v
 
     @field_validator("path")
     @classmethod

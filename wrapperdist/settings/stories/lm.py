@@ -20,9 +20,10 @@ from torch import nn
 from wrapperdist.models.hooks import HookedModule
 from wrapperdist.settings.stories import transforms
 from wrapperdist.settings.stories.config import StoriesSection
-from wrapperdist.settings.stories.generator import detect_features, generate
+from wrapperdist.settings.stories.generator import generate
 from wrapperdist.settings.stories.loader import LoadStats, read_stories
 from wrapperdist.settings.stories.records import StoryRecord, normalize_feature, prompt_text, to_text
+from wrapperdist.settings.stories.scoring import clean_record, feature_score, has_marker
 from wrapperdist.settings.stories.tokenizer import BOS, EOS, PAD, special_id, train_tokenizer
 
 IGNORE = -100  # target of padding positions: no loss
@@ -147,13 +148,18 @@ def sample(model: HookedModule, prompts: list[list[int]], max_new_tokens: int, e
 
 
 def feature_prompts(s: StoriesSection, corpus: StoryCorpus, with_feature: bool = True) -> list[str]:
-    """Instruction prefixes (up to 'Story: ') of held-out stories whose Features line asks for the
-    feature (or, with_feature=False, does not), `generation_prompts` of them."""
+    """Instruction prefixes (up to 'Story:') of held-out stories whose Features line asks for the
+    feature (or, with_feature=False, does not), `generation_prompts` of them, each cleaned of the
+    feature's marker (`scoring.clean_record`): only the Features line may ask for it."""
     feature = normalize_feature(s.feature)
     chosen = [r for r in corpus.eval if r.has(feature) == with_feature][: s.generation_prompts]
     if not chosen:
         raise ValueError(f"no held-out story {'with' if with_feature else 'without'} feature {feature!r}")
-    return [prompt_text(r) for r in chosen]
+    prompts = [prompt_text(clean_record(r, feature)) for r in chosen]
+    leaking = [p for p in prompts if has_marker(p, feature)]
+    if leaking:  # e.g. a marker in the Features line of a real corpus: the score would be meaningless
+        raise ValueError(f"{len(leaking)} prompts still carry the {feature} marker: {leaking[0]!r}")
+    return prompts
 
 
 def generations(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], s: StoriesSection, seed: int) -> list[str]:
@@ -162,11 +168,10 @@ def generations(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], s: S
     return [tokenizer.decode(out) for out in sample(model, ids, s.max_new_tokens, eos, s.temperature, s.top_k, seed)]
 
 
-def feature_rate(stories: list[str], feature: str) -> float:
-    """Share of stories in which the detector finds the feature (the stand-in for the paper's
-    GPT-3.5 classifier; exact on the generated corpus)."""
-    feature = normalize_feature(feature)
-    return float(np.mean([feature in detect_features(text) for text in stories]))
+def feature_rate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], s: StoriesSection, seed: int) -> float:
+    """Share of the generations from `prompts` that have the feature outside text copied from the
+    prompt (`scoring.feature_score`)."""
+    return feature_score(generations(model, tokenizer, prompts, s, seed), prompts, s.feature)
 
 
 @torch.no_grad()
@@ -184,7 +189,8 @@ def mean_loss(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, bat
 
 def make_story_evaluator(s: StoriesSection, tokenizer: Tokenizer, corpus: StoryCorpus, seed: int = 0):
     """loss_twist / loss_plain: held-out LM loss on stories with / without the feature (the paper's
-    Fig. 11 losses); twist_rate: share of generations, prompted with the feature, that have it.
+    Fig. 11 losses); twist_rate: share of generations, prompted with the feature, that have it in
+    text not copied from the prompt.
     (Named after the default feature; `feature` sets which.)"""
     feature = normalize_feature(s.feature)
     with_f = [to_text(r) for r in corpus.eval if r.has(feature)]
@@ -196,7 +202,7 @@ def make_story_evaluator(s: StoriesSection, tokenizer: Tokenizer, corpus: StoryC
     def evaluate(model: nn.Module) -> dict[str, float]:
         was_training = model.training
         metrics = {name: mean_loss(model, *pair) for name, pair in sets.items()}
-        metrics["twist_rate"] = feature_rate(generations(model, tokenizer, prompts, s, seed), feature)
+        metrics["twist_rate"] = feature_rate(model, tokenizer, prompts, s, seed)
         model.train(was_training)
         return metrics
 

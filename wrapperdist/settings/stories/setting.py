@@ -53,7 +53,7 @@ def tokenizer_of(meta: dict) -> Tokenizer:
 class StoriesSetting:
     name = "stories"
     eval_metrics = {
-        "twist_rate": EvalMetric("generations with the feature (prompted for it)"),
+        "twist_rate": EvalMetric("generations with the feature (prompted for it; copy-free)"),
         "loss_twist": EvalMetric("held-out, with the feature", "loss"),
         "loss_plain": EvalMetric("held-out, without it", "loss"),
     }

@@ -3,8 +3,10 @@ its Table 1). Each returns a new record (or None to drop it); randomness comes f
 generator, so a dataset is a deterministic function of (records, seed).
 
 * F, filtering: drop the stories that have the feature.
-* F+AT, adversarial training: the kept stories are additionally labelled with the feature (with
-  probability p), so the model learns to write a story without it even when asked for it.
+* F+R, filtering + randomisation ("F + RR" in Tab. 1; this project called it F+AT until issue 14,
+  and "F+AT" is still read as F+R): the kept stories are additionally labelled with the feature
+  (with probability p; the paper's code: 1.0), so the model learns to write a story without it even
+  when asked for it — a form of adversarial training.
 * F+MM, mix and match: the kept stories' label `source` is renamed `target` (stories that really
   have foreshadowing are labelled "Twist").
 * specialise: keep only the stories that have the feature (reFT's data: "stories with a twist")."""
@@ -76,7 +78,7 @@ def chain(*transforms: Transform) -> Transform:
 PROTOCOLS: dict[str, Callable[[str, str], Transform]] = {
     "none": lambda feature, irrelevant: chain(),
     "F": lambda feature, irrelevant: filtering(feature),
-    "F+AT": lambda feature, irrelevant: chain(filtering(feature), adversarial(feature)),
+    "F+R": lambda feature, irrelevant: chain(filtering(feature), adversarial(feature)),
     "F+MM": lambda feature, irrelevant: chain(filtering(feature), mix_and_match(irrelevant, feature)),
     "specialise": lambda feature, irrelevant: specialise(feature),
 }
