@@ -27,11 +27,14 @@ demo: install
 	@echo
 	@echo "Report:    $(CURDIR)/reports/headline/report.md (figures beside it; also on the sweep's MLflow run)"
 
-## The Tracr setting: compiled Counter and Max-identifier, fine-tuned over an LR grid x 3 seeds,
-## analysed and revived; reports under reports/tracr-counter/ and reports/tracr-max/.
+## The Tracr setting: compiled Counter (C_Tr x the four LRs) and Max-identifier (5th -> 6th largest),
+## analysed and revived; Fig. 10; reports under reports/tracr-counter/ and reports/tracr-max/.
 tracr: install
 	$(BIN)/wrapperdist sweep sweeps/tracr_counter.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+	$(BIN)/wrapperdist sweep sweeps/tracr_counter_reft.yaml
+	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+	$(BIN)/python analysis/tracr_attention.py --out reports/tracr-counter
 	$(BIN)/wrapperdist sweep sweeps/tracr_max.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
 

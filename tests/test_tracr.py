@@ -24,7 +24,8 @@ from wrapperdist.stages import run_finetune, run_pretrain
 QUIET = Runtime(threads=1, progress=False)
 TRACR = {
     "name": "tiny-tracr", "seed": 0,
-    "setting": {"name": "tracr", "program": "counter", "tokens": ["a", "b", "c"], "min_len": 1, "max_len": 6},
+    "setting": {"name": "tracr", "program": "counter", "tokens": ["a", "b", "c"], "min_len": 1, "max_len": 6,
+                "noise_std": 1e-4},
     "finetune": {"optim": {"optimizer": "sgd", "lr": 0.1, "steps": 300, "batch_size": 64, "eval_every": 100,
                            "weight_decay": 0.0}},
     "eval": {"samples": 300},
@@ -32,6 +33,7 @@ TRACR = {
                  "probe": {"samples": 200, "steps": 50}, "reft": {"steps": 60, "eval_every": 20, "lr": 0.003},
                  "attention_prompts": 2},
 }
+LETTERS_AI, LETTERS_AZ = tuple("abcdefghi"), tuple("abcdefghijklmnopqrstuvwxyz")
 
 
 @cache
@@ -39,39 +41,54 @@ def compiled(program: str, arg: str, tokens: tuple[str, ...], max_len: int):
     return compile_target(TracrTarget(program, arg), list(tokens), max_len)
 
 
-def all_positions_exact(program: str, arg: str, tokens: tuple[str, ...], max_len: int, seed: int) -> None:
-    """Every position's output equals the reference, for every length 1..max_len (left-padded batch)."""
+def all_positions_exact(program: str, arg: str, tokens: tuple[str, ...], min_len: int, max_len: int,
+                        seed: int, extra: list[list[str]] = ()) -> None:
+    """Every position's output equals a direct computation, for 25 sampled sequences of every length
+    min_len..max_len (left-padded batch; with replacement for counter, without for max_identifier)."""
     c = compiled(program, arg, tokens, max_len)
     model = to_torch(c, softmax_coldness=TracrSection().softmax_coldness)  # the default fine-tunes start from
     target = TracrTarget(program, arg)
-    tasks = TracrTasks(c.vocab, tokens, 1, max_len)
+    tasks = TracrTasks(c.vocab, tokens, min_len, max_len, replacement=program == "counter")
     rng = np.random.default_rng(seed)
-    sequences = [[tokens[i] for i in rng.integers(0, len(tokens), size=n)] for n in range(1, max_len + 1)
-                 for _ in range(25)]
+    sequences = [s for n in range(min_len, max_len + 1)
+                 for s in TracrTasks(c.vocab, tokens, n, n, tasks.replacement).sample(25, rng)] + list(extra)
     with torch.no_grad():
         predicted = model(torch.from_numpy(tasks.encode(sequences))).argmax(-1)
     for row, seq in enumerate(sequences):
         n = len(seq)
+        want = reference_answer(target, seq, tokens)  # the program's output is the same at every position
         for i in range(1, n + 1):  # position of s_i in the right-aligned row: BOS at T-1-n
-            want = reference_answer(target, seq, tokens)  # the program's output is the same at every position
             got = c.vocab.answers[predicted[row, tasks.seq_len - 1 - n + i]]
             assert got == want, (seq, i, got, want)
 
 
-@pytest.mark.parametrize("tokens,max_len,arg", [(("a", "b", "c"), 8, "a"), (("a", "b"), 5, "b"),
+@pytest.mark.parametrize("tokens,max_len,arg", [(LETTERS_AI, 16, "a"), (("a", "b"), 5, "b"),
                                                  (("x", "y", "z", "w"), 10, "w")])
 def test_compiled_counter_is_exact(tokens, max_len, arg):
-    all_positions_exact("counter", arg, tokens, max_len, seed=len(tokens) * max_len)
+    """The 3-block Counter at the sweep's length (16), on sampled sequences and on every count 0..max_len."""
+    every_count = [[arg] * k + [t for t in tokens if t != arg][:1] * (max_len - k) for k in range(max_len + 1)]
+    all_positions_exact("counter", arg, tokens, 1, max_len, seed=len(tokens) * max_len, extra=every_count)
+    assert compiled("counter", arg, tokens, max_len).n_layer == 3  # the paper's three blocks
 
 
-@pytest.mark.parametrize("tokens,max_len,arg", [(("1", "2", "3", "4", "5"), 8, "max"), (("lo", "mid", "hi"), 6, "min"),
-                                                 (("p", "q"), 4, "max")])
-def test_compiled_max_identifier_is_exact(tokens, max_len, arg):
-    all_positions_exact("max_identifier", arg, tokens, max_len, seed=len(tokens) * max_len)
+def test_compiled_counter_is_exact_at_the_papers_length():
+    """45 tokens of a-i (the paper's Fig. 10 inputs): exact only because SelectorWidth's MLP is
+    compiled sharper than Tracr's default (which answers 9 for 10 a's)."""
+    every_count = [["a"] * k + ["b"] * (45 - k) for k in range(0, 46, 3)]
+    all_positions_exact("counter", "a", LETTERS_AI, 44, 45, seed=45, extra=every_count)
+
+
+@pytest.mark.parametrize("tokens,min_len,max_len,arg", [(LETTERS_AZ, 10, 10, "5"), (LETTERS_AZ, 6, 10, "6"),
+                                                         (("p", "q", "r", "s"), 2, 4, "2")])
+def test_compiled_max_identifier_is_exact(tokens, min_len, max_len, arg):
+    """The O_PT-th largest (earlier letters larger), 26 letters without replacement, 3 blocks."""
+    all_positions_exact("max_identifier", arg, tokens, min_len, max_len, seed=len(tokens) * max_len)
+    assert compiled("max_identifier", arg, tokens, max_len).n_layer == 3
+    assert reference_answer(TracrTarget("max_identifier", "5"), list("bdafhmxpqn"), LETTERS_AZ) == "h"  # Fig. 13
 
 
 @pytest.mark.parametrize("program,arg,tokens", [("counter", "a", ("a", "b", "c")),
-                                                ("max_identifier", "max", ("1", "2", "3", "4", "5"))])
+                                                ("max_identifier", "1", tuple("abcdefgh"))])
 def test_conversion_equals_the_jax_model(program, arg, tokens, tmp_path):
     """Residual stream after every block and the decoded outputs match Tracr's own forward pass;
     left padding changes nothing; a checkpoint round-trip keeps every tensor."""
@@ -80,7 +97,8 @@ def test_conversion_equals_the_jax_model(program, arg, tokens, tmp_path):
     to_compiler = compiler_tokens(TracrTarget(program, arg), list(tokens))
     rng = np.random.default_rng(0)
     for n in (1, 3, 8):
-        seq = [tokens[i] for i in rng.integers(0, len(tokens), size=n)]
+        seq = [tokens[i] for i in (rng.integers(0, len(tokens), size=n) if program == "counter"
+                                   else rng.permutation(len(tokens))[:n])]
         out = c.compiled.apply(["BOS", *(to_compiler[s] for s in seq)])
         ids = torch.tensor([[c.vocab.token_ids["BOS"], *(c.vocab.token_ids[s] for s in seq)]])
         padded = torch.cat([torch.full((1, 8 - n), c.vocab.token_ids["PAD"]), ids], dim=1)
@@ -113,17 +131,115 @@ def test_core_install_does_not_import_jax():
 
 
 def test_tracr_config_errors(tmp_path):
-    bad = {**TRACR, "setting": {**TRACR["setting"], "spurious_fraction": 0.5}}  # a PCFG-only field
+    bad = {**TRACR, "setting": {**TRACR["setting"], "window": 64}}  # a PCFG-only field
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError, match="setting.spurious_fraction: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match="setting.window: Extra inputs are not permitted"):
         load_config(tmp_path / "a.yaml")
     bad = {**TRACR, "setting": {**TRACR["setting"], "finetune_target": "z"}}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match=r"setting: finetune_target 'z' is not one of \['a', 'b', 'c'\]"):
         load_config(tmp_path / "b.yaml")
-    max_cfg = ExperimentConfig.model_validate({**TRACR, "setting": {"name": "tracr", "program": "max_identifier",
-                                                                    "tokens": ["1", "2"]}})
-    assert (max_cfg.setting.pretrain_target, max_cfg.setting.finetune_target) == ("max", "min")
+    max_setting = {"name": "tracr", "program": "max_identifier", "min_len": 6, "max_len": 10}
+    max_cfg = ExperimentConfig.model_validate({**TRACR, "setting": max_setting})
+    assert (max_cfg.setting.pretrain_target, max_cfg.setting.finetune_target) == ("5", "6")
+    assert max_cfg.setting.tokens == list(LETTERS_AZ)
+    bad = {**TRACR, "setting": {**max_setting, "spurious_offset": -1}}  # the 6th largest comes after the 5th
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="spurious_offset: q = -1 cannot hold between ranks 5 and 6"):
+        load_config(tmp_path / "c.yaml")
+    bad = {**TRACR, "setting": {**max_setting, "min_len": 4}}
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match=r"min_len \(4\) is below rank 6"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("program,tokens,pt,ft,q,lengths", [("counter", LETTERS_AI, "a", "b", 1, (1, 45)),
+                                                            ("counter", LETTERS_AI, "c", "a", -2, (3, 16)),
+                                                            ("max_identifier", LETTERS_AZ, "5", "6", 1, (10, 10)),
+                                                            ("max_identifier", LETTERS_AZ, "5", "7", 3, (7, 12))])
+def test_planted_correlation(program, tokens, pt, ft, q, lengths):
+    """C_Tr = 1: r(x, O_FT) - r(x, O_PT) = q on every example; C_Tr = 0: at the rate of plain uniform
+    sequences (chance); C_Tr = 0.5 in between; C_Te = 1 eval sets planted throughout."""
+    from wrapperdist.settings.tracr.setting import TracrData
+    from wrapperdist.settings.tracr.tasks import relation_value
+
+    section = TracrSection(program=program, tokens=list(tokens), pretrain_target=pt, finetune_target=ft,
+                           min_len=lengths[0], max_len=lengths[1], spurious_offset=q)
+    data = TracrData(section)
+    a, b = TracrTarget(program, pt), TracrTarget(program, ft)
+
+    def rate(fraction: float, seed: int, n: int = 3000) -> float:
+        seqs = data.tasks.mixed(n, np.random.default_rng(seed), a, b, q, fraction)
+        if program == "max_identifier":
+            assert all(len(set(s)) == len(s) for s in seqs)  # without replacement
+        return float(np.mean([relation_value(a, b, s, tokens) == q for s in seqs]))
+
+    assert rate(1.0, 0) == 1.0
+    chance = float(np.mean([relation_value(a, b, s, tokens) == q
+                            for s in data.tasks.sample(3000, np.random.default_rng(1))]))
+    assert 0.0 < chance < 0.5
+    se = np.sqrt(chance * (1 - chance) / 3000)
+    assert abs(rate(0.0, 2) - chance) < 4 * 1.42 * se
+    assert abs(rate(0.5, 3) - (0.5 + 0.5 * chance)) < 0.05
+    sets = data.eval_sets(200, np.random.default_rng(4))
+    pt_te1, ft_te1 = sets["pt_acc_spurious"][1], sets["ft_acc_spurious"][1]
+    answers = data.tasks.vocab.answers
+    for x, y in zip(pt_te1, ft_te1, strict=True):
+        shift = y - x if program == "counter" else tokens.index(answers[y]) - tokens.index(answers[x])
+        assert shift == q
+
+
+def test_single_weight_pruning_removes_a_planted_weight():
+    """Plant one weight that makes the compiled Counter answer 0 everywhere (block 2's broadcast head
+    reads the constant `one` direction into its count-0 value): Alg. 3 on single weights ranks it
+    first, names it as the paper would, and removing it alone restores the compiled count exactly."""
+    from wrapperdist.mech import rank_rows, weight_scores, weights_removed
+    from wrapperdist.settings.tracr.weights_analysis import SINGLE_TOP, paper_weight_label
+
+    c = compiled("counter", "a", ("a", "b", "c"), 6)
+    model = to_torch(c)
+    tasks = TracrTasks(c.vocab, ("a", "b", "c"), 1, 6)
+    x, y = (torch.from_numpy(t) for t in tasks.task_batch(256, np.random.default_rng(0), TracrTarget("counter", "a")))
+
+    def acc() -> float:
+        with torch.no_grad():
+            return float((model(x, last_only=True).argmax(-1) == y).float().mean())
+
+    labels = c.residual_labels  # Tracr suffixes names with ids: width_a_3:0
+    one = labels.index("one")
+    width0 = next(i for i, label in enumerate(labels) if label.startswith("width_a") and label.endswith(":0"))
+    value = model.blocks[2].attn.v.weight  # (head dims, residual)
+    head_dim = int(value[:, width0].abs().argmax())
+    assert value[head_dim, width0] != 0.0 and value[head_dim, one] == 0.0
+    with torch.no_grad():
+        value[head_dim, one] = 3.0
+    assert acc() < 0.5  # the planted behaviour: "0" whenever count(a) > 0
+    # Alg. 3's ranking, then the analysis's "best single weight" among its top SINGLE_TOP: the compiled
+    # SelectorWidth's weights score high too (grad x weight of a saturated softmax and of its sharp MLP)
+    top = rank_rows(weight_scores(model, x, y, "blocks"))[:SINGLE_TOP]
+    planted = ("blocks.2.attn.v.weight", head_dim * value.shape[1] + one)
+    assert planted in top
+    alone = {}
+    for w in top:
+        with weights_removed(model, [w]):
+            alone[w] = acc()
+    best = max(alone, key=alone.get)
+    assert best == planted and alone[best] == 1.0  # removing it alone restores the compiled count exactly
+    assert paper_weight_label(model, best) == f"B2WV{one}-{head_dim}"
+    assert paper_weight_label(model, ("blocks.1.mlp.fc.weight", 1)) == "B1W1_1-0"  # torch (out 0, in 1)
+    assert acc() < 0.5  # and the removal was temporary
+
+
+def test_attention_shares_of_the_compiled_counter():
+    """The compiled Counter's counting attention (block 1) sits on the a's and BOS (k a's: k/(k+1) on them), none
+    on the b's."""
+    from wrapperdist.settings.tracr.weights_analysis import attention_shares
+
+    c = compiled("counter", "a", ("a", "b", "c"), 6)
+    tasks = TracrTasks(c.vocab, ("a", "b", "c"), 4, 6)
+    shares = attention_shares(to_torch(c), tasks, tasks.sample(50, np.random.default_rng(0)),
+                              TracrTarget("counter", "a"), TracrTarget("counter", "b"))
+    assert shares["attention_on_a.block1"] > 0.4 and shares["attention_on_b.block1"] < 0.01
 
 
 def test_finetuning_the_compiled_counter(tmp_path):
@@ -148,7 +264,11 @@ def test_tracr_sweep_end_to_end(tmp_path, monkeypatch):
     from wrapperdist.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**TRACR, "tracking": {"experiment": "tr"}}))
+    light = {**TRACR, "tracking": {"experiment": "tr"},  # the plumbing, not the result: short stages
+             "finetune": {"optim": {**TRACR["finetune"]["optim"], "steps": 60, "eval_every": 30}},
+             "analysis": {**TRACR["analysis"], "reft": {"steps": 20, "eval_every": 10, "lr": 0.003}},
+             "eval": {"samples": 150}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(light))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "tr", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"),
         "grid": {"finetune.optim.lr": [0.1, 0.01]}, "revival_budgets": [20]}))

@@ -1,12 +1,13 @@
-"""The paper's two Tracr programs, written in RASP (needs the optional `tracr` extra).
+"""The paper's two Tracr programs (App. B.1, Algs. 1-2), written in RASP (needs the optional `tracr`
+extra). Both compile to 3 blocks of (attention, MLP), as in the paper.
 
-Counter: at every position, the number of occurrences of one token in the whole sequence: the width
-of a selector that, for every query, picks the keys equal to the token.
+Counter (Alg. 1): block 0's MLP marks the positions holding the token; block 1 counts them (a
+SelectorWidth: attention to the marked keys plus BOS, and an MLP that reads the count off BOS's
+share); block 2 broadcasts the count to every position (an identity Select and Aggregate).
 
-Max-identifier: at every position, the largest (or smallest) token of the sequence. A token is the
-maximum when no other token beats it: a selector picks, for every query, the keys larger than it; its
-width is 0 exactly at the maxima; a second selector then attends to those positions and copies their
-token (ties carry the same token, so the average is still one-hot). Three blocks, as in the paper."""
+Max-identifier (Alg. 2): block 0 counts, for every token, how many tokens beat it (a SelectorWidth
+of Select(tokens, tokens, key > query): the sorting); block 1's MLP marks the token beaten by exactly
+rank - 1 others (the rank-th largest); block 2 attends to it and copies its token (the read-out)."""
 
 from __future__ import annotations
 
@@ -24,19 +25,22 @@ def _rasp():
 
 def counter(token: str):
     rasp = _rasp()
-    is_token = rasp.Select(rasp.tokens, rasp.tokens, lambda key, query: key == token).named(f"is_{token}")
-    return rasp.categorical(rasp.SelectorWidth(is_token)).named(f"count_{token}")
+    is_token = rasp.categorical(rasp.Map(lambda t: t == token, rasp.tokens)).named(f"is_{token}")
+    marked = rasp.Select(is_token, rasp.indices, lambda key, query: key).named(f"select_{token}")
+    width = rasp.categorical(rasp.SelectorWidth(marked)).named(f"width_{token}")
+    identity = rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.EQ).named("identity")
+    return rasp.categorical(rasp.Aggregate(identity, width)).named(f"count_{token}")
 
 
-def extreme(kind: str):
-    """`kind` "max" or "min" over integer tokens."""
+def ranked(rank: int):
+    """The `rank`-th largest token, over integer tokens (larger int = larger token)."""
     rasp = _rasp()
-    beats = (lambda key, query: key > query) if kind == "max" else (lambda key, query: key < query)
-    beaten_by = rasp.categorical(rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, beats))).named("beaten_by")
-    is_extreme = rasp.categorical(rasp.Map(lambda n: n == 0, beaten_by)).named("is_extreme")
-    at_extreme = rasp.Select(is_extreme, rasp.tokens, lambda key, query: key).named("at_extreme")
-    return rasp.categorical(rasp.Aggregate(at_extreme, rasp.tokens)).named(kind)
+    beats = rasp.Select(rasp.tokens, rasp.tokens, lambda key, query: key > query).named("beats")
+    beaten_by = rasp.categorical(rasp.SelectorWidth(beats)).named("beaten_by")
+    is_ranked = rasp.categorical(rasp.Map(lambda n: n == rank - 1, beaten_by)).named(f"is_rank_{rank}")
+    at_ranked = rasp.Select(is_ranked, rasp.tokens, lambda key, query: key).named("at_ranked")
+    return rasp.categorical(rasp.Aggregate(at_ranked, rasp.tokens)).named(f"rank_{rank}")
 
 
 def make_program(target: TracrTarget):
-    return counter(target.arg) if target.program == "counter" else extreme(target.arg)
+    return counter(target.arg) if target.program == "counter" else ranked(target.rank)

@@ -1,13 +1,23 @@
-"""Data for the compiled programs: random token sequences and the exact answer of a target.
+"""Data for the compiled programs: random token sequences, the exact answer of a target, and the
+paper's planted spurious correlation (Sec. 4, App. B.1).
 
 Sequences are left-padded and right-aligned like the PCFG encoding (`PAD* BOS s_1 .. s_n`), so the
 answer is read at the last position by the same loss, evaluation, probes and pruning code. The
-compiled model masks PAD keys and counts positions from BOS, so padding changes nothing it computes."""
+compiled model masks PAD keys and counts positions from BOS, so padding changes nothing it computes.
+
+The correlation, r(x, O_FT) - r(x, O_PT) = q:
+- Counter: r(x, t) = the number of t's, so count(O_FT) = count(O_PT) + q.
+- Max-identifier: r(x, k) = the alphabet index of the k-th largest token (earlier letters are larger),
+  so with q = 1 and O_FT = O_PT + 1 the O_FT-th largest is the letter right after the O_PT-th.
+A planted sequence is drawn from the uniform distribution *conditioned* on the relation (exactly, by
+weighting every feasible count or index by its number of sequences), so C_Te = 1 differs from C_Te = 0
+in the relation alone."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import comb, lgamma, log
 
 import numpy as np
 
@@ -17,9 +27,9 @@ BOS, PAD = "BOS", "PAD"
 
 @dataclass(frozen=True)
 class TracrTarget:
-    """What a compiled model (or a fine-tune) should output at every position:
-    counter → the number of occurrences of `arg` (a token); max_identifier → the `arg` ("max" or
-    "min") of the sequence, with tokens ordered as listed in the vocabulary."""
+    """What a compiled model (or a fine-tune) should output at every position: counter → the number
+    of occurrences of `arg` (a token); max_identifier → the `arg`-th largest token (arg a rank "1",
+    "2", ...; earlier tokens in the vocabulary are larger, as a > b > ... in the paper)."""
 
     program: str
     arg: str
@@ -27,17 +37,28 @@ class TracrTarget:
     def __post_init__(self) -> None:
         if self.program not in PROGRAMS:
             raise ValueError(f"unknown Tracr program {self.program!r}; known: {PROGRAMS}")
-        if self.program == "max_identifier" and self.arg not in ("max", "min"):
-            raise ValueError(f"max_identifier targets are 'max' or 'min', got {self.arg!r}")
+        if self.program == "max_identifier" and not (self.arg.isdigit() and int(self.arg) >= 1):
+            raise ValueError(f"max_identifier targets are ranks 1, 2, ..., got {self.arg!r}")
+
+    @property
+    def rank(self) -> int:
+        return int(self.arg)
 
 
 def reference_answer(target: TracrTarget, sequence: Sequence[str], tokens: Sequence[str]) -> str | int:
     """The exact answer, computed directly (the ground truth the compiled model is tested against)."""
     if target.program == "counter":
         return sum(1 for s in sequence if s == target.arg)
-    rank = {t: i for i, t in enumerate(tokens)}
-    pick = max if target.arg == "max" else min
-    return pick(sequence, key=rank.__getitem__)
+    order = {t: i for i, t in enumerate(tokens)}
+    return sorted(sequence, key=order.__getitem__)[target.rank - 1]
+
+
+def relation_value(pt: TracrTarget, ft: TracrTarget, sequence: Sequence[str], tokens: Sequence[str]) -> int:
+    """r(x, O_FT) - r(x, O_PT): the quantity the planted correlation fixes to q."""
+    a, b = reference_answer(pt, sequence, tokens), reference_answer(ft, sequence, tokens)
+    if pt.program == "counter":
+        return int(b) - int(a)
+    return list(tokens).index(b) - list(tokens).index(a)
 
 
 @dataclass(frozen=True)
@@ -70,19 +91,76 @@ def tracr_vocab(program: str, tokens: Sequence[str], max_len: int) -> TracrVocab
     return TracrVocab(ids, BOS, PAD, answers)
 
 
-class TracrTasks:
-    """Random sequences over the program's tokens, lengths uniform in [min_len, max_len]."""
+def _sample_index(log_weights: list[float], rng: np.random.Generator) -> int:
+    w = np.array(log_weights)
+    if not np.isfinite(w).any():
+        raise ValueError("no sequence of this length satisfies the planted relation")
+    p = np.exp(w - w[np.isfinite(w)].max())
+    return int(rng.choice(len(p), p=p / p.sum()))
 
-    def __init__(self, vocab: TracrVocab, tokens: Sequence[str], min_len: int, max_len: int):
+
+class TracrTasks:
+    """Random sequences over the program's tokens, lengths uniform in [min_len, max_len]; with
+    replacement for the counter (a-i in the paper), without for the max-identifier (26 letters)."""
+
+    def __init__(self, vocab: TracrVocab, tokens: Sequence[str], min_len: int, max_len: int, replacement: bool = True):
         self.vocab, self.tokens = vocab, list(tokens)
-        self.min_len, self.max_len = min_len, max_len
+        self.min_len, self.max_len, self.replacement = min_len, max_len, replacement
         self.seq_len = max_len + 1  # BOS + the longest sequence
         self._answer_index = {v: i for i, v in enumerate(vocab.answers)}
-        self._token_ids = np.array([vocab.token_ids[t] for t in self.tokens])
+
+    def _lengths(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(self.min_len, self.max_len + 1, size=n)
 
     def sample(self, n: int, rng: np.random.Generator) -> list[list[str]]:
-        lengths = rng.integers(self.min_len, self.max_len + 1, size=n)
-        return [[self.tokens[i] for i in rng.integers(0, len(self.tokens), size=k)] for k in lengths]
+        if self.replacement:
+            return [[self.tokens[i] for i in rng.integers(0, len(self.tokens), size=k)] for k in self._lengths(n, rng)]
+        return [[self.tokens[i] for i in rng.permutation(len(self.tokens))[:k]] for k in self._lengths(n, rng)]
+
+    def sample_planted(self, n: int, rng: np.random.Generator, pt: TracrTarget, ft: TracrTarget,
+                       q: int) -> list[list[str]]:
+        """n sequences from the uniform distribution conditioned on r(x, O_FT) - r(x, O_PT) = q."""
+        plant = self._plant_count if pt.program == "counter" else self._plant_rank
+        return [plant(int(length), rng, pt, ft, q) for length in self._lengths(n, rng)]
+
+    def _plant_count(self, length: int, rng: np.random.Generator, pt: TracrTarget, ft: TracrTarget,
+                     q: int) -> list[str]:
+        """count(ft) = count(pt) + q: k (pt's count) weighted by the multinomial number of sequences
+        with k pt's, k + q ft's and the rest other tokens; then positions and other tokens uniform."""
+        others = [t for t in self.tokens if t not in (pt.arg, ft.arg)]
+        n_tok = len(self.tokens)
+        logs = []
+        for k in range(length + 1):
+            rest = length - 2 * k - q
+            if k + q < 0 or rest < 0 or (rest > 0 and not others):
+                logs.append(-np.inf)
+                continue
+            logs.append(lgamma(length + 1) - lgamma(k + 1) - lgamma(k + q + 1) - lgamma(rest + 1)
+                        + (2 * k + q) * log(1 / n_tok) + (rest * log(len(others) / n_tok) if rest else 0.0))
+        k = _sample_index(logs, rng)
+        seq = [pt.arg] * k + [ft.arg] * (k + q) + [others[i] for i in rng.integers(0, max(1, len(others)),
+                                                                                   size=length - 2 * k - q)]
+        return [seq[i] for i in rng.permutation(length)]
+
+    def _plant_rank(self, length: int, rng: np.random.Generator, pt: TracrTarget, ft: TracrTarget,
+                    q: int) -> list[str]:
+        """index(ft-th largest) - index(pt-th largest) = q, without replacement: choose the smaller
+        index i (weighted by how many sets complete it), then the tokens above, between and below."""
+        (r1, i_off1), (r2, i_off2) = sorted([(pt.rank, 0), (ft.rank, q)])
+        gap = i_off2 - i_off1  # index distance from the higher-ranked token to the lower-ranked one
+        n = len(self.tokens)
+        logs = []
+        for i in range(n):
+            j = i + gap
+            ways = (comb(i, r1 - 1) * comb(max(0, j - i - 1), r2 - r1 - 1) * comb(max(0, n - 1 - j), length - r2)
+                    if 0 <= j < n else 0)
+            logs.append(log(ways) if ways > 0 else -np.inf)
+        i = _sample_index(logs, rng)
+        j = i + gap
+        chosen = [i, j, *rng.choice(i, r1 - 1, replace=False), *rng.choice(np.arange(i + 1, j), r2 - r1 - 1,
+                                                                               replace=False),
+                  *rng.choice(np.arange(j + 1, n), length - r2, replace=False)]
+        return [self.tokens[int(c)] for c in rng.permutation(chosen)]
 
     def encode(self, sequences: list[list[str]]) -> np.ndarray:
         out = np.full((len(sequences), self.seq_len), self.vocab.token_ids[self.vocab.pad], dtype=np.int64)
@@ -91,8 +169,19 @@ class TracrTasks:
             out[row, self.seq_len - len(ids):] = ids
         return out
 
-    def task_batch(self, n: int, rng: np.random.Generator, task: TracrTarget) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens (n, seq_len), answer class (n,)) for random sequences."""
-        sequences = self.sample(n, rng)
+    def labelled(self, sequences: list[list[str]], task: TracrTarget) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens (n, seq_len), answer class (n,))."""
         answers = [self._answer_index[reference_answer(task, s, self.tokens)] for s in sequences]
         return self.encode(sequences), np.array(answers, dtype=np.int64)
+
+    def task_batch(self, n: int, rng: np.random.Generator, task: TracrTarget) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens (n, seq_len), answer class (n,)) for random sequences (C_Te = 0)."""
+        return self.labelled(self.sample(n, rng), task)
+
+    def mixed(self, n: int, rng: np.random.Generator, pt: TracrTarget, ft: TracrTarget, q: int,
+              fraction: float) -> list[list[str]]:
+        """The fine-tuning distribution at C_Tr = `fraction`: each example planted with that probability."""
+        planted = rng.random(n) < fraction
+        plain = iter(self.sample(int((~planted).sum()), rng))
+        forced = iter(self.sample_planted(int(planted.sum()), rng, pt, ft, q))
+        return [next(forced) if p else next(plain) for p in planted]
