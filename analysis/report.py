@@ -143,7 +143,9 @@ def panel_grid(fts: list[FineTune], series: dict[str, str], xlabel: str, title: 
     points of its own (e.g. the revival-budget runs)."""
     rows = list(_grouped(fts, lambda f: (f.prior, f.c_tr)))
     cols = sorted({f.lr for f in fts})
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.9 * len(rows)),
+    # at least ~8 in wide: a one-LR grid (the demo) otherwise cuts off its title and legend
+    width = max(3.6 * len(cols), 8.0)
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(width, 2.9 * len(rows)),
                              squeeze=False, sharex=True, sharey=True)
     for r, (prior, c) in enumerate(rows):
         for k, lr in enumerate(cols):
@@ -170,9 +172,11 @@ def panel_grid(fts: list[FineTune], series: dict[str, str], xlabel: str, title: 
                 ax.set_xlabel(xlabel, fontsize=8)
         axes[r][0].set_ylabel("accuracy", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
+    per_row = max(1, min(len(labels), int(width // 3.2)))  # legend entries that fit side by side
+    legend_rows = -(-max(1, len(labels)) // per_row)
     fig.suptitle(f"{title} (mean, shaded 95% CI over seeds)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 / len(rows), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * legend_rows / len(rows), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=per_row, fontsize=8, frameon=False)
     return fig
 
 
