@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import mlflow
 import numpy as np
-from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_tables import mean_ci  # noqa: E402
 
 from wrapperdist.settings.stories.analysis import StoriesVerdict, evidence_from_metrics, judge_stories
 from wrapperdist.sweep.recorder import SWEEP_TAG
@@ -29,11 +32,11 @@ PAPER_TAB1 = {("F", "M"): (44, 81, 81, 82), ("F+R", "M"): (12, 56, 69, 75), ("F+
 
 def interval(values: list[float]) -> str:
     """mean ± 95 % t half-width [min–max] over seeds (as percentages)."""
-    x = 100 * np.asarray(values, dtype=float)
+    x = [100 * float(v) for v in values]
+    mean, half = mean_ci(x)
     if len(x) < 2:
-        return f"{x.mean():.0f} (n=1)"
-    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return f"{x.mean():.0f} ± {half:.0f} [{x.min():.0f}–{x.max():.0f}]"
+        return f"{mean:.0f} (n=1)"
+    return f"{mean:.0f} ± {half:.0f} [{min(x):.0f}–{max(x):.0f}]"
 
 
 def latest_sweep(client, experiment_id: str, name: str):
