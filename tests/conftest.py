@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import yaml
@@ -6,6 +7,8 @@ import yaml
 # Tests never touch the developer's ./mlflow.db: each test that tracks gets its own store.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# ... nor a memo an earlier session (or older code) left: the analyses' shared results live per test session.
+os.environ["WRAPPERDIST_CACHE"] = tempfile.mkdtemp(prefix="wrapperdist-test-memo-")
 
 TINY = {
     "name": "tiny",

@@ -92,3 +92,38 @@ def test_answer_breakdown_tells_a_wrapper_from_a_counter():
     assert counts_a["count_pt"] == 1.0 and counts_a["other"] == 0.0
     assert np.isclose(sum(v for k, v in counts_a.items() if k != "count_pt"), counts_a["count_pt_plus_offset"]
                       + counts_a["count_ft"])
+
+
+def test_control_reft_curves_are_computed_once_per_seed_and_replayed(monkeypatch, tmp_path):
+    """The Scr.+FT and Scr. reFT curves depend on the seed, not on the prior, C_Tr or the FT LR: a second
+    analysis of another prior reads them back (the same numbers, logged into its own run); another seed
+    recomputes them."""
+    import wrapperdist.settings.answer_analysis as analysis
+    from wrapperdist.memo import CACHE_ENV
+    from wrapperdist.models import random_like
+    from wrapperdist.setting import Runtime
+    from wrapperdist.sink import MemorySink
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "memo"))
+    runs: list[str] = []
+    real = analysis.run_reft
+    monkeypatch.setattr(analysis, "run_reft", lambda *a, **k: runs.append(k["desc"]) or real(*a, **k))
+
+    def curves(cfg):
+        setting = setting_for(cfg)
+        torch.manual_seed(0)
+        model = setting.build_model(cfg)
+        control, scratch = random_like(model, 11), random_like(model, 12)
+        sink = MemorySink()
+        out = analysis._reft_curves(setting, cfg, model, control, scratch, setting.evaluator(cfg, ("pt_acc",)),
+                                    sink, Runtime(threads=1, progress=False))
+        return out, sink
+
+    first, first_sink = curves(_cfg(prior="low", spurious_fraction=1.0))
+    assert len(runs) == 4
+    second, second_sink = curves(_cfg(prior="high", spurious_fraction=0.0))
+    assert runs[4:] == ["reFT fine-tuned"]  # only the fine-tuned model's own reFT ran again
+    assert list(first.values())[1:] == list(second.values())[1:]
+    assert first_sink.history("reft.control.pt_acc") == second_sink.history("reft.control.pt_acc") != []
+    curves(ExperimentConfig.model_validate({**TINY, "seed": 1}))
+    assert len(runs) == 9  # another seed: other data, all four again

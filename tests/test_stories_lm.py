@@ -8,6 +8,7 @@ import yaml
 
 from wrapperdist.cli import main
 from wrapperdist.config import ExperimentConfig
+from wrapperdist.memo import CACHE_ENV
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.settings.stories.config import StoriesSection
 from wrapperdist.settings.stories.lm import (
@@ -19,7 +20,6 @@ from wrapperdist.settings.stories.lm import (
     protocol_records,
     sample,
 )
-from wrapperdist.settings.stories.memo import CACHE_ENV
 from wrapperdist.settings.stories.records import to_text
 from wrapperdist.settings.stories.tokenizer import BOS, EOS, PAD, special_id
 

@@ -75,7 +75,7 @@ def test_paper_protocol_names():
 
 
 def test_memo_computes_once(tmp_path, monkeypatch):
-    from wrapperdist.settings.stories.memo import CACHE_ENV, memoised
+    from wrapperdist.memo import CACHE_ENV, memoised
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     calls = []

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import torch
 
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.setting import Batch, DataStage, Setting
@@ -59,3 +60,5 @@ class AnswerSettingLike(Setting, Protocol):
     pruning_unit: str  # "rows" or "weights"
 
     def tasks(self, cfg: ExperimentConfig) -> AnswerTasks: ...
+
+    def eval_tensors(self, cfg: ExperimentConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]: ...

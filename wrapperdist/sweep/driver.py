@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from wrapperdist.config import config_hash, flatten
+from wrapperdist.memo import CACHE_ENV
 from wrapperdist.store import Store
 from wrapperdist.sweep.cluster import (
     RayTarget,
@@ -150,6 +151,8 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
     if "://" not in storage:
         storage = str(Path(storage).resolve())  # Ray wants absolute paths; so does the store
     store = Store(storage)
+    if "://" not in storage:  # the analyses' shared memo beside the stage store (inherited by local Ray workers)
+        os.environ.setdefault(CACHE_ENV, str(Path(storage) / "memo"))
     tracking = sweep.points[0].tracking  # a grid point always exists: an empty grid is one point
     tracker = Tracker(tracking.experiment, tracking.tracking_uri)
     params = flatten({"sweep": sweep.spec.model_dump(mode="json")})

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.mech import mlp_unit_change, relative_change, steps_to_reach, weight_change_markdown
+from wrapperdist.memo import memoised, weights_digest
 from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import probe_figure, reft_figure, weight_change_figure
 from wrapperdist.setting import AnalysisModels, Runtime, Setting
@@ -25,7 +26,6 @@ from wrapperdist.settings.stories.lm import (
     feature_rate,
     make_story_evaluator,
 )
-from wrapperdist.settings.stories.memo import memoised, weights_digest
 from wrapperdist.settings.stories.probing import ProbeData, probe_data, probe_model
 from wrapperdist.settings.stories.records import normalize_feature
 from wrapperdist.settings.stories.report import render

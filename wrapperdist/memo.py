@@ -1,7 +1,7 @@
-"""A disk memo for the analysis' per-seed references. Every deletion fine-tune of one pretrained seed
-compares against the same Present-in-PT and Not-in-PT models: their probes and the Not-in-PT
-model's reFT curve are a pure function of (weights, config), so one analysis computes them and the
-others (other Ray trial processes) read them back. A file lock makes a concurrent second analysis
+"""A disk memo for analyses' shared references: results that are a pure function of (weights, config)
+and that several analyses of one sweep would otherwise recompute — the TinyStories per-seed
+references, the PCFG/Tracr control reFT curves. One analysis computes them and the others (other
+Ray trial processes) read them back. A file lock makes a concurrent second analysis
 wait rather than compute the same thing twice."""
 
 from __future__ import annotations
