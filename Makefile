@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: the headline reproduction on the paper's PCFG protocol (sweeps/demo.yaml: low and
-## high prior x 3 seeds at eta_M with C_Tr = 1, analysed), a local Ray sweep recorded in ./mlflow.db,
+## The main job: the headline reproduction on the paper's PCFG protocol (sweeps/demo.yaml: the low
+## prior x 3 seeds at eta_M with C_Tr = 1, analysed), a local Ray sweep recorded in ./mlflow.db,
 ## then the paper's figures and tables read back from MLflow into reports/headline/.
 demo: install
 	$(BIN)/wrapperdist sweep sweeps/demo.yaml

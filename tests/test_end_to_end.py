@@ -85,6 +85,7 @@ def test_analysis_is_a_child_of_the_finetune_run(tiny_config, capsys):
     assert [m.step for m in client.get_metric_history(analysis.info.run_id, "prune.paper.pt_acc")] == [0, 1, 4]
     assert {"prune.paper.pt_acc_spurious", "prune.random.ft_acc_spurious", "prune.units.pt_acc",
             "answers.count_pt", "answers.count_ft", "answers.other"} <= set(analysis.data.metrics)
+    assert not any(k.startswith("prune.rows.") for k in analysis.data.metrics)  # rows are the paper unit here
     reft = client.get_metric_history(analysis.info.run_id, "reft.finetuned.pt_acc")
     assert [m.step for m in reft] == [0, 10, 20]
     probe = client.get_metric_history(analysis.info.run_id, "probe.pt.fine-tuned")

@@ -284,3 +284,5 @@ def test_tracr_sweep_end_to_end(tmp_path, monkeypatch):
     for r in by_stage["analysis"]:
         changes = {k: v for k, v in r.data.metrics.items() if k.startswith("weights.change.")}
         assert "weights.change.blocks.0.attn.k.weight" in changes and max(changes.values()) > 0
+        # both of Alg. 3's units: single weights (the paper's, for compiled models) and rows (the PCFG's)
+        assert {"prune.paper.pt_acc", "prune.rows.pt_acc", "prune.random.pt_acc"} <= set(r.data.metrics)

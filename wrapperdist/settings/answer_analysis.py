@@ -115,17 +115,24 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
              for w in ranking[:5]]
     random_rows = [removal_curve(model, random_ranking_of(model, seed, p.scope), p.ks, evaluate, remove)
                    for seed in range(p.random_controls)]
+    # the other unit of Alg. 3 as a named alternative: rows of the compiled models (single weights
+    # are the paper's unit there), so both settings can be compared on the PCFG's unit
+    other_rows = (removal_curve(model, rank_rows(row_scores(model, tokens, answers, p.scope)), p.ks, evaluate,
+                                rows_removed) if setting.pruning_unit != "rows" else None)
     units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
     batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
     learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
-    curves = {
-        PAPER_PRUNING: [(c.k, c.metrics) for c in rows],
-        f"random {setting.pruning_unit} (control)": _mean_curve(random_rows),
-        "MLP units, grad x weight": [(c.k, c.metrics) for c in units],
-        "MLP units, learned mask": [(c.k, c.metrics) for c in removal_curve(model, learned.ranking, p.ks, evaluate)],
+    named = {
+        "paper": (PAPER_PRUNING, [(c.k, c.metrics) for c in rows]),
+        "random": (f"random {setting.pruning_unit} (control)", _mean_curve(random_rows)),
+        "rows": ("weight rows, grad x weight", [(c.k, c.metrics) for c in other_rows or []]),
+        "units": ("MLP units, grad x weight", [(c.k, c.metrics) for c in units]),
+        "learned": ("MLP units, learned mask",
+                    [(c.k, c.metrics) for c in removal_curve(model, learned.ranking, p.ks, evaluate)]),
     }
-    for method, key in zip(curves, ("paper", "random", "units", "learned"), strict=True):
-        for k, metrics in curves[method]:
+    curves = {method: curve for method, curve in named.values() if curve}
+    for key, (_, curve) in named.items():
+        for k, metrics in curve:
             sink.log_metrics({f"prune.{key}.{m}": v for m, v in metrics.items()}, k)
     sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
     return curves, learned, first
