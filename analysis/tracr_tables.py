@@ -46,8 +46,9 @@ def main() -> None:
         print(f"| {program} | {lr:g} | {ctr:g} | {_pct(m.get('pt_acc_spurious'))} / {_pct(m.get('ft_acc_spurious'))} "
               f"| {_pct(m.get('pt_acc'))} / {_pct(m.get('ft_acc'))} |")
     print("\n| program | η | C_Tr | reFT η | best single weight: pt gain | cumulative K≤20: pt gain | "
+          "rows K≤15: pt gain | "
           "attention on O_PT / O_FT keys (block 1 counter, 2 max) | reFT steps to 0.9: FT / Scr.+FT / Scr.+FT 10× "
-          "(pt_acc at end) | verdict |\n|---|---|---|---|---|---|---|---|---|")
+          "(pt_acc at end) | verdict |\n|---|---|---|---|---|---|---|---|---|---|")
     analyses = sorted(_runs(args.experiment, "analysis"), key=lambda r: (_key(r)[0], -_key(r)[1], *_key(r)[2:]))
     for r in analyses:
         program, lr, ctr, reft_lr = _key(r)
@@ -61,6 +62,7 @@ def main() -> None:
         verdict = next((v for v in ("wrapper", "capability_changed") if m.get(f"verdict_{v}") == 1.0), "mixed")
         print(f"| {program} | {lr:g} | {ctr:g} | {reft_lr} | {m.get('prune.single.best_gain', float('nan')):+.3f} | "
               f"{m.get('prune.single.cumulative_best_gain', float('nan')):+.3f} | "
+              f"{m.get('prune.rows.best_gain', float('nan')):+.3f} | "
               f"{att[0]:.2f} / {att[1]:.2f} | {_steps(m, 'finetuned')} / {_steps(m, 'control')} / - "
               f"({ends[0]:.2f} / {ends[1]:.2f} / {ends[2]:.2f}) | {verdict} |")
 

@@ -131,9 +131,13 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
                     [(c.k, c.metrics) for c in removal_curve(model, learned.ranking, p.ks, evaluate)]),
     }
     curves = {method: curve for method, curve in named.values() if curve}
+    max_k = cfg.analysis.verdict.prune_max_k
     for key, (_, curve) in named.items():
         for k, metrics in curve:
             sink.log_metrics({f"prune.{key}.{m}": v for m, v in metrics.items()}, k)
+        if curve:  # one number per method for the compare view: the best revival within the verdict's K
+            gain = max(m["pt_acc"] for k, m in curve if k <= max_k) - curve[0][1]["pt_acc"]
+            sink.log_metrics({f"prune.{key}.best_gain": gain}, 0)
     sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
     return curves, learned, first
 
