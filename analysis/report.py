@@ -185,6 +185,7 @@ PRUNING_SERIES = {
     "count O_PT, C_Te=1, grad x weight rows removed": "prune.paper.pt_acc_spurious",
     "count O_PT, C_Te=0, random rows removed": "prune.random.pt_acc",
     "count O_FT, C_Te=0, grad x weight rows removed": "prune.paper.ft_acc",
+    "count O_FT, C_Te=1, grad x weight rows removed": "prune.paper.ft_acc_spurious",
     "count O_FT, C_Te=0, random rows removed": "prune.random.ft_acc",
 }
 PROBE_SERIES = {f"{m} model": f"probe.pt.{m}" for m in PROBE_MODELS}
