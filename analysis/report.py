@@ -242,6 +242,11 @@ def _finals(group: list[FineTune], key: str) -> list[float]:
     return [f.analysis[key][-1][1] for f in group if key in f.analysis]
 
 
+def _analysis_cell(group: list[FineTune], key: str) -> str:
+    values = _finals(group, key)
+    return _cell(values) if values else "-"
+
+
 def _steps_cell(group: list[FineTune]) -> str:
     """Steps to the reFT threshold over the runs that reached it, and how many never did (within the
     analysis budget): dropping those silently would make a destroyed capability look fast."""
@@ -281,8 +286,9 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
              "ft_acc: answer accuracy on the pretraining (count O_PT) / fine-tuning (count O_FT) task; C_Te=1: the "
              "fine-tuning test set where the spurious relation always holds.", "",
              "| prior | FT lr | C_Tr | seeds | pt_acc pretrained | pt_acc after FT | ft_acc | ft_acc (C_Te=1) | "
-             "probe count O_PT (FT model) | reFT steps to threshold | wrapper verdicts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "probe count O_PT (FT model) | pruning: best pt_acc gain, Alg. 3 / random | answers count(O_PT)+q | "
+             "reFT steps to threshold | wrapper verdicts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
         probe = _finals(group, "evidence.probe_finetuned")
         verdicts = _finals(group, "verdict_wrapper")
@@ -290,7 +296,10 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
             f"| {prior} | {lr:g} | {c:g} | {len(group)} | {_cell([f.pt_acc_pretrained for f in group])} | "
             f"{_cell([f.metrics['pt_acc'] for f in group])} | {_cell([f.metrics['ft_acc'] for f in group])} | "
             f"{_metric_cell(group, 'ft_acc_spurious')} | {_cell(probe) if probe else '-'} | "
-            f"{_steps_cell(group)} | {f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")
+            f"{_analysis_cell(group, 'evidence.prune_best_gain')} / "
+            f"{_analysis_cell(group, 'prune.random.best_gain')} | "
+            f"{_analysis_cell(group, 'answers.count_pt_plus_offset')} | {_steps_cell(group)} | "
+            f"{f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")
     floors = [x for f in fts for x in _finals([f], "evidence.probe_random_init")]
     if floors:
         lines += ["", f"Probe floor (same probe on a randomly initialised model): {_cell(floors)} over all runs."]
