@@ -127,3 +127,35 @@ def test_control_reft_curves_are_computed_once_per_seed_and_replayed(monkeypatch
     assert first_sink.history("reft.control.pt_acc") == second_sink.history("reft.control.pt_acc") != []
     curves(ExperimentConfig.model_validate({**TINY, "seed": 1}))
     assert len(runs) == 9  # another seed: other data, all four again
+
+
+def test_control_steps_shorten_the_scr_ft_model_only():
+    cfg = _cfg(control_steps=7)
+    setting = setting_for(cfg)
+    control = setting.control_config(cfg)
+    assert control.pretrain.optim.steps == 7 and cfg.pretrain.optim.steps == TINY["pretrain"]["optim"]["steps"]
+    assert node_key("pretrain", setting, cfg) == node_key("pretrain", setting, _cfg())  # the main model is shared
+    assert node_key("pretrain", setting, control) != node_key("pretrain", setting, setting.control_config(_cfg()))
+
+
+def test_analysis_without_scratch_and_mlp_units_runs_the_rest(tmp_path, monkeypatch):
+    """The demo's cheaper analysis: no Scr. curve, no MLP-unit pruning; the paper's curves remain."""
+    import wrapperdist.settings.answer_analysis as analysis
+    from wrapperdist.memo import CACHE_ENV
+    from wrapperdist.setting import AnalysisModels, Runtime
+    from wrapperdist.sink import MemorySink
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "memo"))
+    base = ExperimentConfig.model_validate(TINY)
+    cfg = base.model_copy(update={"analysis": base.analysis.model_copy(update={
+        "prune": base.analysis.prune.model_copy(update={"mlp_units": False}),
+        "reft": base.analysis.reft.model_copy(update={"scratch": False})})})
+    setting = setting_for(cfg)
+    torch.manual_seed(0)
+    models = AnalysisModels(setting.build_model(cfg), setting.build_model(cfg), setting.build_model(cfg))
+    sink = MemorySink()
+    out = analysis.analyze_answers(setting, cfg, models, sink, Runtime(threads=1, progress=False))
+    logged = {k for _, m in sink.metrics for k in m}
+    assert {"prune.paper.pt_acc", "prune.random.pt_acc", "reft.control.pt_acc", "reft.control_high_lr.pt_acc"} <= logged
+    assert not any(k.startswith(("prune.units.", "prune.learned.", "reft.random_init.")) for k in logged)
+    assert set(out.reft_final_pt_acc) == {"finetuned", "control", "control_high_lr"}

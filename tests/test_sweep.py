@@ -67,6 +67,22 @@ def test_dry_run_lists_trials_and_resources(tmp_path, capsys):
     assert not (tmp_path / "results").exists()  # nothing ran
 
 
+def test_a_phase_fills_the_cores():
+    """Fewer nodes than slots: more threads each; a little more than the slots (3 analyses on 2
+    cores): all at once on a share of the cores, not a last round with a core idle; many: rounds."""
+    from wrapperdist.sweep.executors import Layout
+
+    two = Layout(cpus=2, threads_per_trial=1, max_concurrent=2, train_workers=0, use_gpu=False)
+    one = two.for_phase(1)
+    assert (one.max_concurrent, one.threads_per_trial, one.cpu_request) == (1, 2, 2)
+    three = two.for_phase(3)
+    assert (three.max_concurrent, three.threads_per_trial) == (3, 1)
+    assert 3 * three.cpu_request <= 2 and three.cpu_request > 0.66  # all three fit Ray's 2 CPUs
+    assert two.for_phase(4) == two and two.for_phase(7) == two
+    multi = Layout(cpus=4, threads_per_trial=2, max_concurrent=2, train_workers=0, use_gpu=False)
+    assert multi.for_phase(3) == multi  # multi-thread trials keep their rounds
+
+
 def _tree(experiment="test"):
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     return runs, {r.info.run_id: r for r in runs}

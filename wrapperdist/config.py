@@ -110,6 +110,8 @@ class PruneConfig(Strict):
     learned_lr: Annotated[float, Field(gt=0.0)] = Field(0.05, description="learning rate of the mask logits")
     learned_penalty: Annotated[float, Field(ge=0.0)] = Field(1.0, description="penalty per share of units removed")
     learned_batch_size: PositiveInt = Field(256, description="batch size of the mask's training")
+    mlp_units: bool = Field(True, description="also the named alternatives on MLP units: grad x weight and the "
+                                              "learned mask (not the paper's unit; off saves about half the time)")
 
 
 class ProbeConfig(Strict):
@@ -140,6 +142,8 @@ class ReftConfig(Strict):
     eval_every: PositiveInt = Field(20, description="steps between points of the revival curves")
     control_lr_multiplier: Annotated[float, Field(gt=0.0)] = Field(
         10.0, description="the control's second, higher reFT learning rate, as a multiple of lr")
+    scratch: bool = Field(True, description="also train a random init on the pretraining capability at the reFT "
+                                            "LR (Scr., paper App. E.4)")
 
     @model_validator(mode="after")
     def _one_lr(self) -> ReftConfig:

@@ -119,16 +119,19 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
     # are the paper's unit there), so both settings can be compared on the PCFG's unit
     other_rows = (removal_curve(model, rank_rows(row_scores(model, tokens, answers, p.scope)), p.ks, evaluate,
                                 rows_removed) if setting.pruning_unit != "rows" else None)
-    units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
-    batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
-    learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
+    units, learned = [], None
+    if p.mlp_units:
+        units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
+        batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
+        learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
     named = {
         "paper": (PAPER_PRUNING, [(c.k, c.metrics) for c in rows]),
         "random": (f"random {setting.pruning_unit} (control)", _mean_curve(random_rows)),
         "rows": ("weight rows, grad x weight", [(c.k, c.metrics) for c in other_rows or []]),
         "units": ("MLP units, grad x weight", [(c.k, c.metrics) for c in units]),
-        "learned": ("MLP units, learned mask",
-                    [(c.k, c.metrics) for c in removal_curve(model, learned.ranking, p.ks, evaluate)]),
+        "learned": ("MLP units, learned mask", [(c.k, c.metrics) for c in
+                                                 (removal_curve(model, learned.ranking, p.ks, evaluate) if learned
+                                                  else [])]),
     }
     curves = {method: curve for method, curve in named.values() if curve}
     max_k = cfg.analysis.verdict.prune_max_k
@@ -138,7 +141,8 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
         if curve:  # one number per method for the compare view: the best revival within the verdict's K
             gain = max(m["pt_acc"] for k, m in curve if k <= max_k) - curve[0][1]["pt_acc"]
             sink.log_metrics({f"prune.{key}.best_gain": gain}, 0)
-    sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
+    if learned:
+        sink.log_metrics({"prune.learned.units_removed": float(len(learned.removed))}, 0)
     return curves, learned, first
 
 
@@ -220,7 +224,9 @@ def _reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: 
     controls = ((f"{name} (lr {lr:g})", control, lr, "reFT control"),
                 (f"{name} (lr {lr * multiplier:g})", control, lr * multiplier, "reFT control, high lr"),
                 (f"Scr., random init (lr {lr:g})", random_init, lr, "reFT random init"))
-    for key, (label, model, rate, desc) in zip(REFT_KEYS[1:], controls, strict=True):
+    if not cfg.analysis.reft.scratch:
+        controls = controls[:2]
+    for key, (label, model, rate, desc) in zip(REFT_KEYS[1:], controls, strict=False):
         curves[label] = _shared_reft(setting, cfg, copy.deepcopy(model), rate, PrefixSink(sink, f"reft.{key}."),
                                      runtime, evaluate, desc, data_digest)
     return curves
@@ -287,16 +293,16 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     )
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
     report = render_report(setting.describe(cfg), cfg, evidence, verdict, curves, probes, floors, reft_steps, shift,
-                           len(learned.removed), answers, first_pruned)
+                           len(learned.removed) if learned else None, answers, first_pruned)
     report += weight_change_markdown(changes, top_units)
-    reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=True)}
+    reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=False)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
     sink.log_metrics(output.summary_metrics(), 0)
     return output
 
 
 def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: Verdict, curves, probes, floors,
-                  reft_steps, shift, learned_removed: int, answers: dict[str, float],
+                  reft_steps, shift, learned_removed: int | None, answers: dict[str, float],
                   first_pruned: list[str]) -> str:
     v = cfg.analysis.verdict
 
@@ -326,8 +332,8 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
         cells = [f"{pts[i][1]['pt_acc']:.3f} / {pts[i][1]['ft_acc']:.3f}" for pts in curves.values()]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", f"Best paper-method gain within K <= {v.prune_max_k}: {e.prune_best_gain:+.3f} at K = "
-              f"{e.prune_best_k}. The paper's method removes first: {', '.join(first_pruned)}. "
-              f"The learned mask removed {learned_removed} MLP units.", "",
+              f"{e.prune_best_k}. The paper's method removes first: {', '.join(first_pruned)}."
+              + (f" The learned mask removed {learned_removed} MLP units." if learned_removed is not None else ""), "",
               "## Probes (held-out accuracy, best layer; per-layer values in probes.png)", "",
               "| model | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
     for model in next(iter(probes.values())):

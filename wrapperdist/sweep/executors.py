@@ -26,21 +26,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Layout:
-    """How trials share the machine: concurrency × threads per trial never exceeds the CPUs."""
+    """How trials share the machine: concurrency × threads per trial never exceeds the CPUs, except
+    for a phase's odd last round (`for_phase`), where single-thread trials share the cores."""
 
     cpus: int
     threads_per_trial: int
     max_concurrent: int
     train_workers: int
     use_gpu: bool
+    cpus_per_trial: float | None = None  # what a trial asks Ray for; None: its threads
+
+    @property
+    def cpu_request(self) -> float:
+        return self.cpus_per_trial or self.threads_per_trial
 
     def for_phase(self, n_nodes: int) -> Layout:
         """A phase with fewer nodes than slots gives each trial more threads (1 pretrain on 2 CPUs
-        runs with 2 threads, not 1 thread and an idle core)."""
-        if self.train_workers or n_nodes >= self.max_concurrent or n_nodes == 0:
+        runs with 2 threads, not 1 thread and an idle core). A phase of single-thread trials that
+        is a little larger than the slots (3 analyses on 2 cores) runs them all at once on a share
+        of the cores each: in rounds, its last round would leave a core idle for a whole trial."""
+        if self.train_workers or n_nodes == 0:
             return self
-        threads = max(self.threads_per_trial, self.cpus // n_nodes)
-        return Layout(self.cpus, threads, n_nodes, self.train_workers, self.use_gpu)
+        if n_nodes < self.max_concurrent:
+            threads = max(self.threads_per_trial, self.cpus // n_nodes)
+            return Layout(self.cpus, threads, n_nodes, self.train_workers, self.use_gpu)
+        if self.threads_per_trial == 1 and self.max_concurrent < n_nodes < 2 * self.max_concurrent:
+            # rounded down: Ray counts resources in 1e-4 units, and 3 × 0.6667 would not fit on 2 CPUs
+            share = math.floor(self.cpus / n_nodes * 1000) / 1000
+            return Layout(self.cpus, 1, n_nodes, 0, self.use_gpu, cpus_per_trial=share)
+        return self
 
     def runtime(self) -> Runtime:
         """What an in-process trial runs with: its thread share, no progress bars (many at once)."""

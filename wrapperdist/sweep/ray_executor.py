@@ -79,7 +79,7 @@ class RayExecutor:
     def _tuner(self, phase: str, nodes: dict[str, Node], param_space: dict[str, Any], layout: Layout,
                **tune_kwargs):
         context = TrialContext(nodes, self.store.uri, layout, self.storage_path, f"{self.sweep.spec.name}-{phase}")
-        resources = {"cpu": 0.01} if layout.train_workers else {"cpu": layout.threads_per_trial}
+        resources = {"cpu": 0.01} if layout.train_workers else {"cpu": layout.cpu_request}
         trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources)
         return tune.Tuner(
             trainable,

@@ -62,7 +62,7 @@ class PCFGSection(SettingSection):
     strings, under a sampling prior over operands, then fine-tuned on one task."""
 
     name: Literal["pcfg"] = "pcfg"
-    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset", "control"})
+    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset", "control", "control_steps"})
 
     grammar: GrammarConfig = Field(default_factory=GrammarConfig, description="the grammar")
     window: Annotated[int, Field(ge=8)] = Field(250, description="W: text tokens per example, a random window of "
@@ -75,6 +75,9 @@ class PCFGSection(SettingSection):
     pretrain_data: Literal["mixture", "task"] = Field(
         "mixture", description="mixture: the task families under the prior; task: the fine-tuning task alone "
                                "(the Scr.+FT control's model, trained from scratch to count O_FT)")
+    control_steps: PositiveInt | None = Field(
+        None, description="pretraining steps of the Scr.+FT control's model (default: pretrain.optim.steps; the "
+                          "paper does not state them; it learns its one task within ~1K steps at the CPU scale)")
     control: Literal["scr+ft", "swapped-prior"] = Field(
         "scr+ft", description="the analysis' control: scr+ft = trained from scratch on O_FT (paper Sec. 5.1); "
                               "swapped-prior = the same mixture with O_PT's and O_FT's prior masses swapped")

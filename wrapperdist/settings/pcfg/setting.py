@@ -137,7 +137,11 @@ class PCFGSetting(AnswerSetting):
         s = PCFGSection.of(cfg)
         if s.control == "scr+ft":
             scratch = s.model_copy(update={"pretrain_data": "task"})
-            return cfg.model_copy(update={"name": f"{cfg.name}-scr-ft", "setting": scratch})
+            control = cfg.model_copy(update={"name": f"{cfg.name}-scr-ft", "setting": scratch})
+            if s.control_steps and cfg.pretrain.optim:
+                optim = cfg.pretrain.optim.model_copy(update={"steps": s.control_steps})
+                control = control.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"optim": optim})})
+            return control
         prior = list(s.prior_vector())
         i, j = TERMINALS.index(s.capability.operand), TERMINALS.index(s.task.operand)
         prior[i], prior[j] = prior[j], prior[i]
