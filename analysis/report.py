@@ -89,7 +89,7 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
                 ft.reft_budgets[int(child.data.params["reft.budget"])] = child.data.metrics["pt_acc"]
             elif child.data.tags.get(STAGE_TAG) == "analysis":
                 for key in child.data.metrics:
-                    if key.startswith(("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.")):
+                    if key.startswith(("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.", "answers.")):
                         ft.analysis[key] = _history(client, child.info.run_id, key)
         out.append(ft)
     return sorted(out, key=lambda f: (PRIOR_ORDER.get(f.prior, 9), f.prior, f.lr, f.c_tr, f.seed))

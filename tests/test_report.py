@@ -50,6 +50,7 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
         assert "| 2 |" in row  # two seeds
         assert re.search(rf"\| {sum(values) / 2:.3f} ± \d\.\d{{3}} \|", row.split("| 2 |")[1]), row
         assert re.search(r"\| (\d+( ± \d+)?|never) \(\d/2 reached\) \|", row), row  # steps, never-reached counted
+        assert "| - " not in row and "/ - " not in row, row  # every analysis column filled (pruning, answers)
     assert "single C_Tr value" in text and not (folder / "spurious.png").exists()
     # the report lives on the sweep's MLflow run too: figures as artifacts, the report as its description
     client = mlflow.MlflowClient()
