@@ -85,6 +85,21 @@ def test_log_file_gets_a_heartbeat_at_most_once_a_minute():
     progress.close()
 
 
+def test_log_file_heartbeat_needs_no_trial_report():
+    """An analysis reports nothing until it ends: the log still gets its line a minute."""
+    out, clock = io.StringIO(), FakeClock()
+    progress = SweepProgress(out, tty=False, clock=clock, refresh_s=0.01)
+    progress.phase("analysis", 3)
+    progress("start", "an-0", {"node_name": "an"})
+    time.sleep(0.1)
+    assert len(out.getvalue().splitlines()) == 1  # no minute yet
+    clock.now += 61
+    time.sleep(0.1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[analysis] running | 0/3 | done 0, running 1")
+    progress.close()
+
+
 def test_progress_bar_on_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):

@@ -113,9 +113,9 @@ class SweepProgress:
                 self.bar = tqdm(total=total, desc=name, file=self.stream, dynamic_ncols=True, leave=True,
                                 bar_format="{desc}: {bar} {postfix}")
                 self._draw()
-                self._start_ticker()
             else:
                 self._line(f"{total} trial(s)")
+            self._start_ticker()
 
     def _end_phase(self) -> None:
         if self.phases and self.phases[-1].end is None:
@@ -130,13 +130,15 @@ class SweepProgress:
             self.bar = None
 
     def _start_ticker(self) -> None:
-        """Redraw once a second so elapsed time and ETA move between trial reports."""
+        """Redraw once a second so elapsed time and ETA move between trial reports; in a log file, a
+        heartbeat line when a minute passed without one (an analysis reports nothing until it ends)."""
         self._stop = threading.Event()
 
         def tick() -> None:
             while not self._stop.wait(self.refresh_s):
                 with self.lock:
                     self._draw()
+                    self._heartbeat()
 
         self._ticker = threading.Thread(target=tick, name="sweep-progress", daemon=True)
         self._ticker.start()
@@ -155,8 +157,7 @@ class SweepProgress:
                 steps = p.steps.get(key, 0)
                 fraction = min(1.0, int(result.get("step", 0)) / steps) if steps else 0.0
                 p.running[key] = max(p.running.get(key, 0.0), fraction)
-                if not self.tty and self.clock() - self._last_line >= self.heartbeat_s:
-                    self._line("running")
+                self._heartbeat()
             elif event in ("done", "fail", "stopped"):
                 p.running.pop(key, None)
                 name = result.get("node_name", key)
@@ -184,6 +185,11 @@ class SweepProgress:
         self.bar.n = p.done()
         self.bar.set_postfix_str(self._status(p), refresh=False)
         self.bar.refresh()
+
+    def _heartbeat(self) -> None:
+        if not self.tty and self.phases and self.phases[-1].end is None \
+                and self.clock() - self._last_line >= self.heartbeat_s:
+            self._line("running")
 
     def _line(self, what: str) -> None:
         p = self.phases[-1]
