@@ -34,7 +34,8 @@ def _prior_order(prior: str) -> tuple[int, str]:
 
 def _cell(paper: float | None, ours: list[float]) -> str:
     mean, half = mean_ci([100 * x for x in ours])
-    return f"{'—' if paper is None else f'{paper:g}'} / {mean:.1f} ± {half:.1f}"
+    interval = f" ± {half:.1f}" if len(ours) > 1 else ""  # one seed has no interval, not a zero-width one
+    return f"{'—' if paper is None else f'{paper:g}'} / {mean:.1f}{interval}"
 
 
 def tables(fine_tunes) -> list[str]:
