@@ -119,19 +119,18 @@ def _pruning(setting: AnswerSettingLike, cfg: ExperimentConfig, tasks: AnswerTas
     # are the paper's unit there), so both settings can be compared on the PCFG's unit
     other_rows = (removal_curve(model, rank_rows(row_scores(model, tokens, answers, p.scope)), p.ks, evaluate,
                                 rows_removed) if setting.pruning_unit != "rows" else None)
-    units, learned = [], None
+    units, learned, learned_curve = [], None, []
     if p.mlp_units:
         units = removal_curve(model, rank_units(grad_x_weight_scores(model, tokens, answers)), p.ks, evaluate)
         batches = (_as_tensors(b) for b in setting.batches(cfg, "reft", p.learned_batch_size, stream_id=1))
         learned = learned_removal_mask(model, batches, p.learned_steps, p.learned_lr, p.learned_penalty)
-    named = {
+        learned_curve = removal_curve(model, learned.ranking, p.ks, evaluate)
+    named = {  # metric key -> (legend label, curve); an empty curve (a method not run) is left out
         "paper": (PAPER_PRUNING, [(c.k, c.metrics) for c in rows]),
         "random": (f"random {setting.pruning_unit} (control)", _mean_curve(random_rows)),
         "rows": ("weight rows, grad x weight", [(c.k, c.metrics) for c in other_rows or []]),
         "units": ("MLP units, grad x weight", [(c.k, c.metrics) for c in units]),
-        "learned": ("MLP units, learned mask", [(c.k, c.metrics) for c in
-                                                 (removal_curve(model, learned.ranking, p.ks, evaluate) if learned
-                                                  else [])]),
+        "learned": ("MLP units, learned mask", [(c.k, c.metrics) for c in learned_curve]),
     }
     curves = {method: curve for method, curve in named.values() if curve}
     max_k = cfg.analysis.verdict.prune_max_k
