@@ -77,9 +77,12 @@ def tripwire():
 
 @pytest.fixture
 def cluster(request, tmp_path, tripwire):
-    """Head with 0 CPUs; worker nodes of 1 CPU, none at start, at most 2 (3 where a test loses one:
+    """Head with 0 CPUs; worker nodes of 1 CPU, none at start, at most 2 (4 where a test loses one:
     the replacement then launches as soon as Train asks for it, not after the autoscaler has reaped
-    the dead node, which on a loaded 2-core machine took longer than Train waits)."""
+    the dead node, which on a loaded 2-core machine took longer than Train waits; and Ray re-reserves
+    the lost Train run's worker-group placement group on a new node and holds it until the job ends
+    — read in gcs_server.out of a failed run: "Rescheduling a bundle when a node dies" — so the
+    retry's 2 workers need 2 nodes beyond those 2)."""
     most = getattr(request, "param", 2)
     c = LocalCluster(tmp_path / "cluster", {"cpu_worker": worker_type(cpus=1, max_workers=most)},
                      env_extra={"MLFLOW_TRACKING_URI": tripwire.uri,
@@ -166,7 +169,7 @@ def stage_runs(uri: str, experiment: str) -> list:
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [4], indirect=True)
 def test_sweep_job_survives_losing_a_worker_node(tmp_path, cluster, mlflow_server, tripwire):
     # 1 pretrain + 1 fine-tune, each a Ray Train run of 2 DDP workers: on 1-CPU nodes one run
     # spans two worker nodes, so losing either node hits it
