@@ -41,7 +41,7 @@ tracr: install
 ## The TinyStories setting: deleting "Twist" from a small LM with the paper's three protocols (F, F+R,
 ## F+MM) x 2 LRs x 3 seeds, analysed and revived (offline procedural corpus; set stories.path for the
 ## real files); the Tab. 1 analogue and the probes in reports/stories/table.md. The per-seed references
-## are memoised beside the sweep's stage store (runs/memo).
+## are memoised in the sweep's stage store (runs/store/memo-*).
 stories: install
 	$(BIN)/wrapperdist sweep sweeps/tinystories_twist.yaml
 	$(BIN)/python analysis/stories_table.py --experiment wrapperdist --out reports/stories/table.md

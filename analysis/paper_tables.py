@@ -1,6 +1,6 @@
 """The paper's PCFG Counter numbers (Jain et al. 2023, Tab. 5, App. H; 200K-iteration pretraining)
-and the interval every table of ours uses. Data and arithmetic only: no MLflow, so the calibration
-script (scripts/calibrate_pcfg.py) and the MLflow reports share it."""
+and the interval every table of ours uses. Data and arithmetic only (no MLflow), shared by the
+MLflow reports."""
 
 from __future__ import annotations
 

@@ -25,18 +25,18 @@ def test_gpu_trials_are_capped_by_the_cluster_at_its_largest():
     from ray.autoscaler._private.util import prepare_config
 
     rendered = prepare_config(copy.deepcopy(yaml.safe_load((ROOT / "cluster.yaml").read_text())))
-    gpu_trial = Layout(cpus=8, threads_per_trial=1, max_concurrent=1, train_workers=1, use_gpu=True)
+    gpu_trial = Layout(cpus=8, threads_per_trial=1, max_concurrent=1, train_workers=1, device="cuda")
     # 4 g5.xlarge workers, 1 GPU each, none running at start: 4 single-GPU trials, not 0 or 1
     assert cluster_layout(gpu_trial, None, rendered).max_concurrent == 4
     assert cluster_layout(gpu_trial, 2, rendered).max_concurrent == 2  # an explicit cap wins
-    two_gpu = Layout(cpus=8, threads_per_trial=1, max_concurrent=1, train_workers=2, use_gpu=True)
+    two_gpu = Layout(cpus=8, threads_per_trial=1, max_concurrent=1, train_workers=2, device="cuda")
     assert cluster_layout(two_gpu, None, rendered).max_concurrent == 2
     # the local test cluster: 2 one-CPU nodes fit one 2-worker CPU run, two 1-worker runs
     local = fake_cluster_config(1, {"w": worker_type(cpus=1, max_workers=2)})
     assert [n.get("CPU", 0) for n in max_nodes(local)] == [0, 1, 1]
     assert train_trials_that_fit(max_nodes(local), 2, False) == 1
     assert train_trials_that_fit(max_nodes(local), 1, False) == 2
-    in_process = Layout(cpus=2, threads_per_trial=1, max_concurrent=2, train_workers=0, use_gpu=False)
+    in_process = Layout(cpus=2, threads_per_trial=1, max_concurrent=2, train_workers=0)
     assert cluster_layout(in_process, None, local).max_concurrent == 0  # queued, no cap
     assert train_worker_resources(True, 0.25) == {"CPU": 1, "GPU": 0.25}
 

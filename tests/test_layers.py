@@ -142,7 +142,7 @@ def _under(module: str, prefixes: tuple[str, ...]) -> bool:
 SPECIFIC_SETTINGS = tuple(sorted(f"wrapperdist.settings.{d.name}" for d in SETTINGS_DIR.iterdir()
                                  if (d / "__init__.py").is_file()))
 CORE = ("wrapperdist.models", "wrapperdist.train", "wrapperdist.mech")
-RUNNERS = ("wrapperdist.sweep", "wrapperdist.tracking", "wrapperdist.pipeline", "mlflow", "ray")
+RUNNERS = ("wrapperdist.sweep", "wrapperdist.tracking", "mlflow", "ray")
 NAMES_A_SETTING = ("wrapperdist.settings.registry", "wrapperdist.config", "wrapperdist.confighelp")
 
 
@@ -165,7 +165,7 @@ RULES = {
         lambda i: _under(i.target, ("wrapperdist",)) and i.target not in MODULES,
         Import("wrapperdist.stages", "wrapperdist.data.tasks", PACKAGE / "stages.py", 1, "top")),
     "core": Rule(
-        "models, train and mech never import sweep, tracking, pipeline, settings, MLflow or Ray",
+        "models, train and mech never import sweep, tracking, settings, MLflow or Ray",
         lambda i: _under(i.importer, CORE) and _under(i.target, (*RUNNERS, "wrapperdist.settings")),
         Import("wrapperdist.models.gpt", "mlflow", PACKAGE / "models/gpt.py", 1, "function")),
     "config": Rule(
@@ -174,7 +174,7 @@ RULES = {
         lambda i: _under(i.importer, ("wrapperdist.config", "wrapperdist.schema")) and not _config_may_import(i.target),
         Import("wrapperdist.config", "wrapperdist.settings.pcfg.grammar", PACKAGE / "config.py", 1, "top")),
     "settings": Rule(
-        "nothing under settings imports sweep, tracking, pipeline, MLflow or Ray",
+        "nothing under settings imports sweep, tracking, MLflow or Ray",
         lambda i: _under(i.importer, ("wrapperdist.settings",)) and _under(i.target, RUNNERS),
         Import("wrapperdist.settings.pcfg.setting", "wrapperdist.tracking", PACKAGE / "settings/pcfg/setting.py", 1,
                "typing")),

@@ -99,12 +99,13 @@ def test_control_reft_curves_are_computed_once_per_seed_and_replayed(monkeypatch
     analysis of another prior reads them back (the same numbers, logged into its own run); another seed
     recomputes them."""
     import wrapperdist.settings.answer_analysis as analysis
-    from wrapperdist.memo import CACHE_ENV
+    from wrapperdist.memo import Memo
     from wrapperdist.models import random_like
     from wrapperdist.setting import Runtime
     from wrapperdist.sink import MemorySink
+    from wrapperdist.store import Store
 
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "memo"))
+    memo = Memo(Store(str(tmp_path / "results")))
     runs: list[str] = []
     real = analysis.run_reft
     monkeypatch.setattr(analysis, "run_reft", lambda *a, **k: runs.append(k["desc"]) or real(*a, **k))
@@ -116,7 +117,7 @@ def test_control_reft_curves_are_computed_once_per_seed_and_replayed(monkeypatch
         control, scratch = random_like(model, 11), random_like(model, 12)
         sink = MemorySink()
         out = analysis._reft_curves(setting, cfg, model, control, scratch, setting.evaluator(cfg, ("pt_acc",)),
-                                    sink, Runtime(threads=1, progress=False))
+                                    sink, Runtime(threads=1, progress=False, memo=memo))
         return out, sink
 
     first, first_sink = curves(_cfg(prior="low", spurious_fraction=1.0))
@@ -141,11 +142,9 @@ def test_control_steps_shorten_the_scr_ft_model_only():
 def test_analysis_without_scratch_and_mlp_units_runs_the_rest(tmp_path, monkeypatch):
     """The demo's cheaper analysis: no Scr. curve, no MLP-unit pruning; the paper's curves remain."""
     import wrapperdist.settings.answer_analysis as analysis
-    from wrapperdist.memo import CACHE_ENV
     from wrapperdist.setting import AnalysisModels, Runtime
     from wrapperdist.sink import MemorySink
 
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "memo"))
     base = ExperimentConfig.model_validate(TINY)
     cfg = base.model_copy(update={"analysis": base.analysis.model_copy(update={
         "prune": base.analysis.prune.model_copy(update={"mlp_units": False}),

@@ -109,7 +109,7 @@ def test_run_records_pretrain_finetune_and_analysis(cli_run):
     assert cli_run["rc"] == 0
     stages = cli_run["stages"]
     counts = {stage: len(runs) for stage, runs in stages.items()}
-    assert counts == {"invocation": 1, "pretrain": 2, "finetune": 1, "analysis": 1}, counts
+    assert counts == {"sweep": 1, "pretrain": 2, "finetune": 1, "analysis": 1}, counts
     unfinished = [(r.info.run_name, r.info.status) for runs in stages.values() for r in runs
                   if r.info.status != "FINISHED"]
     assert not unfinished, unfinished

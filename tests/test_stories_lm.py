@@ -8,7 +8,6 @@ import yaml
 
 from wrapperdist.cli import main
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.memo import CACHE_ENV
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.settings.stories.config import StoriesSection
 from wrapperdist.settings.stories.lm import (
@@ -71,7 +70,6 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # the analyses' per-seed memo, not the shared one
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**STORIES, "tracking": {"experiment": "st"}}))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "st", "experiment": "exp.yaml", "storage_path": str(tmp_path / "results"),
@@ -95,7 +93,8 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
         assert (r.data.tags["wrapperdist.verdict"] == "not deleted") == (deleted == 0.0)
         assert (r.data.tags["wrapperdist.verdict"] == "wrapper") == (wrapper == 1.0)
     # both deletions share seed 0: its Not-in-PT reFT and the reference probes were computed once
-    assert len(list((tmp_path / "cache").glob("stories-not-in-pt-*.json"))) == 1
+    # (the memo lives in the sweep's stage store)
+    assert len(list((tmp_path / "results" / "store").glob("memo-stories-not-in-pt-*"))) == 1
     ft = stages["finetune"][0].info.run_id
     assert main(["generate", ft, "--features", "Twist", "--prompt", "Once upon a time", "--samples", "2",
                  "--max-new-tokens", "10", "--top-k", "20"]) == 0

@@ -74,21 +74,53 @@ def test_paper_protocol_names():
     assert StoriesSection.of(ExperimentConfig.model_validate(base)).deletion == "F+R"
 
 
-def test_memo_computes_once(tmp_path, monkeypatch):
-    from wrapperdist.memo import CACHE_ENV, memoised
+def test_memo_computes_once_and_returns_one_type(tmp_path):
+    from wrapperdist.memo import Memo, memoised
+    from wrapperdist.store import Store
 
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    memo = Memo(Store(str(tmp_path)))
     calls = []
 
     def compute():
         calls.append(1)
         return {"curve": [(0, 0.5), (10, 1.0)]}
 
-    first = memoised("t", {"w": "abc"}, compute)
-    assert memoised("t", {"w": "abc"}, compute) == {"curve": [[0, 0.5], [10, 1.0]]} and len(calls) == 1
-    assert first == {"curve": [(0, 0.5), (10, 1.0)]}
-    memoised("t", {"w": "abd"}, compute)
-    assert len(calls) == 2
+    first = memoised(memo, "t", {"w": "abc"}, compute)
+    again = memoised(memo, "t", {"w": "abc"}, compute)
+    assert len(calls) == 1
+    # the same value and the same types on the first call as on a replay (tuples are JSON lists)
+    assert first == again == {"curve": [[0, 0.5], [10, 1.0]]}
+    assert type(first["curve"][0]) is type(again["curve"][0]) is list
+    # without a memo the value still has the stored type
+    assert memoised(None, "t", {"w": "abc"}, compute) == first and len(calls) == 2
+    memoised(memo, "t", {"w": "abd"}, compute)
+    assert len(calls) == 3
+
+
+def test_memo_key_holds_the_code_version(tmp_path, monkeypatch):
+    """A change to the code that computes a memoised value recomputes it (no replay of old curves)."""
+    import wrapperdist.memo as memo_module
+    from wrapperdist.store import Store
+
+    memo = memo_module.Memo(Store(str(tmp_path)))
+    calls = []
+    compute = lambda: calls.append(1) or len(calls)  # noqa: E731
+    assert memo("t", {"w": 1}, compute) == 1
+    assert memo("t", {"w": 1}, compute) == 1 and len(calls) == 1
+    monkeypatch.setattr(memo_module, "code_version", lambda: "another-version")
+    assert memo("t", {"w": 1}, compute) == 2  # recomputed under the new code version
+
+    # the version is a digest of the package's source: editing any module changes it
+    import shutil
+    from pathlib import Path
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(Path(memo_module.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = memo_module.source_digest(copy)
+    assert before == memo_module.source_digest(Path(memo_module.__file__).parent)
+    target = copy / "settings" / "answer_analysis.py"
+    target.write_text(target.read_text() + "\n# an edit\n")
+    assert memo_module.source_digest(copy) != before
 
 
 def test_verdict_compares_the_probe_with_not_in_pt():

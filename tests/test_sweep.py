@@ -72,15 +72,70 @@ def test_a_phase_fills_the_cores():
     cores): all at once on a share of the cores, not a last round with a core idle; many: rounds."""
     from wrapperdist.sweep.executors import Layout
 
-    two = Layout(cpus=2, threads_per_trial=1, max_concurrent=2, train_workers=0, use_gpu=False)
+    two = Layout(cpus=2, threads_per_trial=1, max_concurrent=2, train_workers=0)
     one = two.for_phase(1)
     assert (one.max_concurrent, one.threads_per_trial, one.cpu_request) == (1, 2, 2)
     three = two.for_phase(3)
     assert (three.max_concurrent, three.threads_per_trial) == (3, 1)
     assert 3 * three.cpu_request <= 2 and three.cpu_request > 0.66  # all three fit Ray's 2 CPUs
     assert two.for_phase(4) == two and two.for_phase(7) == two
-    multi = Layout(cpus=4, threads_per_trial=2, max_concurrent=2, train_workers=0, use_gpu=False)
+    multi = Layout(cpus=4, threads_per_trial=2, max_concurrent=2, train_workers=0)
     assert multi.for_phase(3) == multi  # multi-thread trials keep their rounds
+
+
+def test_device_resolution_and_gpu_packing(tmp_path, monkeypatch):
+    """resources.device: cpu runs as before; cuda packs in-process training trials onto the GPUs
+    (gpus_per_trial each), analyses stay on the CPU; cuda without a GPU is refused naming the field."""
+    import wrapperdist.sweep.executors as executors
+    from wrapperdist.config import ConfigError
+    from wrapperdist.sweep.executors import DeviceUnavailable, layout_for
+
+    def sweep(**resources):
+        return load_sweep(write_sweep(tmp_path, {"resources": {"cpus": 16, **resources}}))
+
+    assert layout_for(sweep()).device == "cpu" and layout_for(sweep(), gpus=1).device == "cpu"
+    even = layout_for(sweep(device="cuda"), gpus=1)  # 16 single-thread trials share the one GPU
+    assert (even.device, even.max_concurrent, even.gpus_per_trial) == ("cuda", 16, 0.062)
+    assert even.request("finetune") == {"cpu": 1, "gpu": 0.062} and even.request("analysis") == {"cpu": 1}
+    assert even.runtime("finetune").device == "cuda" and even.runtime("analysis").device == "cpu"
+    eighth = layout_for(sweep(device="cuda", gpus_per_trial=0.125), gpus=1)
+    assert (eighth.max_concurrent, eighth.gpus_per_trial) == (8, 0.125)
+    assert layout_for(sweep(device="auto"), gpus=0).device == "cpu"
+    assert layout_for(sweep(device="auto"), gpus=2).device == "cuda"
+    train = layout_for(sweep(device="cuda", train_workers=2), gpus=4)
+    assert (train.max_concurrent, train.use_gpu, train.request("pretrain")) == (2, True, {"cpu": 0.01})
+    assert train.runtime("pretrain").device == "cpu"  # Ray Train places the model on its workers' GPUs
+    with pytest.raises(DeviceUnavailable, match=r"^resources\.device: cuda, but there is no CUDA device") as err:
+        layout_for(sweep(device="cuda"), gpus=0)
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
+    monkeypatch.setattr(executors, "local_gpus", lambda: 0)  # the default: this machine's GPUs
+    with pytest.raises(DeviceUnavailable):
+        layout_for(sweep(device="cuda"))
+    with pytest.raises(ConfigError, match="resources: .*use_gpu was replaced by device"):
+        sweep(use_gpu=True)
+
+
+def test_cuda_sweep_without_a_gpu_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    import wrapperdist.sweep.executors as executors
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(executors, "local_gpus", lambda: 0)
+    path = write_sweep(tmp_path, {"resources": {"device": "cuda"}})
+    for flags in ([], ["--local"], ["--dry-run"]):
+        assert main(["sweep", str(path), *flags]) == 2
+        assert "resources.device: cuda" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+def test_local_sweep_with_asha_is_refused(tmp_path, monkeypatch, capsys):
+    """ASHA needs Ray Tune: --local does not drop it silently, it refuses in one line."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = write_sweep(tmp_path, {"search": {"num_samples": 2, "space": {"finetune.optim.lr": {"choice": [1e-3]}},
+                                             "asha": {"max_t": 4, "grace_period": 1}}})
+    assert main(["sweep", str(path), "--local"]) == 2
+    err = capsys.readouterr().err
+    assert "search.asha: ASHA early stopping needs Ray Tune" in err and "--local" in err
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def _tree(experiment="test"):

@@ -198,9 +198,9 @@ def test_local_sweep_starts_its_own_ray(tmp_path, monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(driver, "pin_autoscaling_coordinator", lambda: pinned.append(calls[-1]["address"]))
-    driver._start_ray(Layout(2, 1, 2, 0, False), tmp_path / "pids.json", None)
+    driver._start_ray(Layout(2, 1, 2, 0), tmp_path / "pids.json", None)
     assert calls[-1]["address"] == "local" and calls[-1]["num_cpus"] == 2
-    driver._start_ray(Layout(2, 1, 2, 0, False), tmp_path / "pids.json", "10.0.0.1:6379")
+    driver._start_ray(Layout(2, 1, 2, 0), tmp_path / "pids.json", "10.0.0.1:6379")
     assert calls[-1] == {"address": "10.0.0.1:6379", "log_to_driver": False}
     assert pinned == ["10.0.0.1:6379"]  # Train's coordinator is pinned to the driver's node on a cluster only
     assert RAY_JOB_ENV == RAY_JOB_CONFIG_JSON_ENV_VAR  # how resolve_address tells a Ray job

@@ -1,4 +1,5 @@
-"""The `wrapperdist` command line. Thin: parse, validate, hand over to the pipeline."""
+"""The `wrapperdist` command line. Thin: parse, validate, hand over to the sweep driver (one-experiment
+commands run as one-point sweeps: wrapperdist/sweep/single.py)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,19 @@ SQLite store ./mlflow.db, which `mlflow ui` started in this directory opens; set
 MLFLOW_TRACKING_URI to use another store or a tracking server."""
 
 
-OVERRIDES_TAG = "wrapperdist.overrides"  # the --set arguments a run was started with
-
-
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override one field, e.g. --set finetune.optim.lr=1e-4 (repeatable; the value is YAML; "
                    "validated like the file)")
+
+
+def _add_execution(p: argparse.ArgumentParser) -> None:
+    """How a one-experiment command runs: the same executors as `wrapperdist sweep`."""
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where training stages run (resources.device of the one-point sweep; default cpu)")
+    p.add_argument("--ray", action="store_true",
+                   help="run the stages as Ray Tune trials (default: in this process, like sweep --local)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
 
 
 def _load(path: str, overrides: list[str] = ()) -> ExperimentConfig:  # type: ignore[assignment]
@@ -52,38 +59,66 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
-    from wrapperdist.pipeline import run_experiment  # heavy imports only when work is done
-    from wrapperdist.setting import Runtime
-    from wrapperdist.tracking import ui_hint
+def _note(message: str) -> None:
+    """The driver's notes go to stderr: a one-experiment command's stdout is its JSON summary."""
+    print(message, file=sys.stderr)
 
-    cfg = _load(args.config, args.overrides)
-    runtime = Runtime(progress=not args.no_progress)
-    tags = {OVERRIDES_TAG: " ".join(args.overrides)} if args.overrides else None
+
+def _progress(args: argparse.Namespace):
+    import io
+
+    from wrapperdist.sweep.progress import SweepProgress
+
+    return SweepProgress(stream=io.StringIO(), tty=False) if args.no_progress else None
+
+
+def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    """pretrain / finetune / run: the experiment as a one-point sweep (wrapperdist/sweep/single.py)."""
+    import tempfile
+
+    from wrapperdist.sweep.driver import run_loaded  # heavy imports only when work is done
+    from wrapperdist.sweep.single import experiment_sweep, finetune_start, stage_plan, tag_import
+
     try:
-        summary = run_experiment(cfg, stages, init_from=getattr(args, "init_from", None), runtime=runtime,
-                                 extra_tags=tags)
+        sweep = experiment_sweep(args.config, args.overrides, analyze="analyze" in stages, device=args.device)
+        with tempfile.TemporaryDirectory() as work:
+            init = finetune_start(sweep, args.init_from, Path(work)) if stages == ("finetune",) else None
+        plan = stage_plan(sweep, stages, init)
+        summary = run_loaded(sweep, plan, local=not args.ray, overrides=args.overrides, log=_note,
+                             progress=_progress(args))
+    except ConfigError as err:
+        print(f"invalid configuration:\n{err}", file=sys.stderr)
+        return 2
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, default=str))
-    print(f"\nMLflow store: {summary['tracking_uri']}\n  {ui_hint(summary['tracking_uri'], summary['experiment_id'])}")
-    return 0
+    if init is not None:
+        tag_import(summary, plan, init, args.init_from or str(sweep.points[0].finetune.from_checkpoint))
+    return _print_summary(summary, plan)
+
+
+def _print_summary(summary: dict, plan) -> int:
+    from wrapperdist.sweep.single import stage_summary
+    from wrapperdist.tracking import ui_hint
+
+    print(json.dumps(stage_summary(summary, plan), indent=2, default=str))
+    print(f"\nMLflow store: {summary['tracking_uri']}\n  "
+          f"{ui_hint(summary['tracking_uri'], summary['experiment_id'], summary['sweep_run_id'])}")
+    return 1 if summary["failed"] else 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from wrapperdist.pipeline import analyze_run
-    from wrapperdist.setting import Runtime
+    from wrapperdist.sweep.driver import run_loaded
+    from wrapperdist.sweep.single import analysis_of_run
 
     override = _load(args.config) if args.config else None
     try:
-        result = analyze_run(args.run_id, override, Runtime(progress=not args.no_progress))
+        sweep, plan, parents = analysis_of_run(args.run_id, override)
+        summary = run_loaded(sweep, plan, local=True, outside_parents=parents, log=_note, progress=_progress(args))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, default=str))
-    print(f"\nverdict: {result['verdict']}   report: {result['report']}")
-    return 0
+    return _print_summary(summary, plan)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -97,12 +132,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from wrapperdist.sweep.plan import make_plan
     from wrapperdist.tracking import ui_hint
 
-    if args.dry_run:
-        print(describe(sweep, make_plan(sweep)))
-        return 0
-    summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address,
-                        overrides=args.overrides)
-    print(json.dumps(summary, indent=2))
+    try:
+        if args.dry_run:
+            print(describe(sweep, make_plan(sweep)))
+            return 0
+        summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address,
+                            overrides=args.overrides)
+    except ConfigError as err:  # what cannot run here (e.g. device: cuda without a GPU): nothing was started
+        print(f"invalid sweep:\n{err}", file=sys.stderr)
+        return 2
+    runs = summary.pop("runs")
+    print(json.dumps({**summary, "stage_runs": len(runs)}, indent=2))
     print(f"\nMLflow store: {summary['tracking_uri']}\n  {ui_hint(summary['tracking_uri'], summary['experiment_id'])}")
     return 1 if summary["failed"] else 0
 
@@ -111,9 +151,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import tempfile
 
     from wrapperdist.models import load_model
-    from wrapperdist.pipeline import resolve_checkpoint
     from wrapperdist.setting import TextGenerating
     from wrapperdist.settings.registry import setting_for
+    from wrapperdist.sweep.single import resolve_checkpoint
     from wrapperdist.tracking import Tracker
 
     if args.samples < 1 or args.max_new_tokens < 1 or args.temperature <= 0:
@@ -155,12 +195,13 @@ def _experiment_commands(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a model (PCFG mixture, stories LM) or compile a Tracr program",
                        description="Pretrain from scratch: on the PCFG task mixture under the sampling prior, on "
                        "the story corpus (setting 'stories'), or compile the RASP program (setting "
-                       "'tracr'). Records one MLflow parent run with a 'pretrain' child (params, curves, "
-                       "checkpoint).")
+                       "'tracr'). Runs as a one-point sweep: one MLflow sweep run with a 'pretrain' child (params, "
+                       "curves, checkpoint), the output kept in the config's output_dir store, where `run` and "
+                       "`sweep` reuse it.")
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     _add_set(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=lambda a: _run(a, ("pretrain",)))
+    _add_execution(p)
+    p.set_defaults(func=lambda a: _run(a, ("pretrain",)), init_from=None)
 
     p = sub.add_parser("finetune", help="fine-tune a pretrained model on the fine-tuning task",
                        description="Fine-tune a pretrained model on its setting's fine-tuning task (PCFG: setting.task "
@@ -169,21 +210,25 @@ def _experiment_commands(sub) -> None:
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     _add_set(p)
     p.add_argument("--from", dest="init_from", metavar="RUN_OR_PATH",
-                   help="a checkpoint file, or an MLflow run id (a pretrain run, or an invocation with one); "
-                   "default: finetune.from_checkpoint in the config")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="a checkpoint file, or an MLflow run id (a pretrain run, or a sweep run with one); "
+                   "default: finetune.from_checkpoint in the config, else this config's own pretraining if "
+                   "its store (output_dir) has it")
+    _add_execution(p)
     p.set_defaults(func=lambda a: _run(a, ("finetune",)))
 
     p = sub.add_parser("run", help="pretrain, then fine-tune (and --analyze): the whole experiment",
-                       description="Pretrain and fine-tune one experiment in this process; one MLflow parent "
-                       "run with a child per stage. With --analyze, the analysis stage follows as a child of "
-                       "the fine-tune run.", epilog=experiment_fields, formatter_class=raw)
+                       description="Pretrain and fine-tune one experiment as a one-point sweep (in this process "
+                       "unless --ray): the same stage nodes, store and MLflow tree as `wrapperdist sweep` (sweep -> "
+                       "pretrain -> fine-tune), so stages finished here are reused by a sweep over the same store "
+                       "(output_dir; the sweeps' storage_path: runs) and the other way round. With --analyze, the "
+                       "analysis stage (and its control's pretraining) follows, as a child of the fine-tune run.",
+                       epilog=experiment_fields, formatter_class=raw)
     p.add_argument("config", metavar="CONFIG", help="experiment YAML")
     _add_set(p)
     p.add_argument("--analyze", action="store_true", help="also run pruning, probing, attention and reFT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_execution(p)
     p.set_defaults(func=lambda a: _run(a, ("pretrain", "finetune", "analyze") if a.analyze
-                                       else ("pretrain", "finetune")))
+                                       else ("pretrain", "finetune")), init_from=None)
 
 
 def _run_commands(sub) -> None:
@@ -197,10 +242,10 @@ def _run_commands(sub) -> None:
                        "attention maps, and reverse fine-tuning against the Scr.+FT control and a random "
                        "init — then write report.md with the verdict ('wrapper', 'capability changed' or "
                        "'mixed') and its thresholds. Logged as a child run of the fine-tune run.")
-    p.add_argument("run_id", metavar="RUN", help="a fine-tune run id, or an invocation run id with a fine-tune child")
+    p.add_argument("run_id", metavar="RUN", help="a fine-tune run id, or a sweep run id with a fine-tune child")
     p.add_argument("--config", help="experiment YAML overriding the config stored with the checkpoint "
                    "(e.g. other thresholds or reFT budget)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("sweep", help="run a sweep spec: grids / Optuna search, on Ray or in-process",
                        description="Run a sweep (sweeps/*.yaml): pretrain once per distinct pretraining config, "

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from wrapperdist.config import ExperimentConfig
 from wrapperdist.models.hooks import HookedModule
 from wrapperdist.sink import Sink
 from wrapperdist.train.distributed import IN_PROCESS, Distributed
+
+if TYPE_CHECKING:
+    from wrapperdist.memo import Memo
 
 StageKind = Literal["pretrain", "finetune", "analysis", "reft"]
 DataStage = Literal["pretrain", "finetune", "reft"]  # the stages that draw training batches
@@ -49,6 +52,9 @@ class Runtime:
     # Where an in-process stage trains ("cpu", "cuda", "cuda:1"). Under Ray Train the DDP wrapper
     # places the model instead (use_gpu), and this stays "cpu".
     device: str = "cpu"
+    # Where an analysis keeps the references it shares with the sweep's other analyses (the
+    # sweep's stage store); None: compute them every time.
+    memo: Memo | None = None
 
     def apply(self) -> None:
         torch.set_num_threads(self.threads or default_threads())

@@ -1,6 +1,7 @@
-"""MLflow: where runs are stored, the run tree (invocation → stage runs), and a Sink that writes to
-one run. This is the only module that talks to MLflow; it is also the only *writer* in a process,
-which keeps a SQLite store free of concurrent-writer locks.
+"""MLflow: where runs are stored, the tags the run tree (sweep → stage runs) is built with, and a
+Sink that writes to one run. The sweep's recorder (sweep/recorder.py) is the one writer of stage
+runs in a process, which keeps a SQLite store free of concurrent-writer locks; publish.py adds the
+sweep run's description and report, cluster.py its where-it-ran tags.
 
 Store: `$MLFLOW_TRACKING_URI` if set, else the config's `tracking.tracking_uri`, else
 `sqlite:///<cwd>/mlflow.db` — the store that `mlflow ui`, started in the same directory with no
@@ -12,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ NOTE_TAG = "mlflow.note.content"  # the run's description, rendered as Markdown 
 # MLflow 3's UI opens an experiment on its GenAI (traces) view; this query opens the runs table.
 RUNS_VIEW = "runs?workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default (localhost only)
+STORE_TAG = "wrapperdist.store"  # on a sweep run: its stage store (absolute path or URI)
+OVERRIDES_TAG = "wrapperdist.overrides"  # the --set arguments a sweep (or run) was started with
 PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests runs by
 MAX_PARAM_LEN = 6000
 
@@ -115,29 +116,6 @@ class Tracker:
             db = Path(self.uri.removeprefix("sqlite:///"))
             return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
         return None
-
-    @contextmanager
-    def run(
-        self, name: str, parent_id: str | None = None, params: dict[str, Any] | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> Iterator[MLflowSink]:
-        """A run that ends FINISHED, FAILED (exception) or KILLED (Ctrl-C) — never left RUNNING."""
-        all_tags = dict(tags or {})
-        if parent_id:
-            all_tags[PARENT_TAG] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        sink = MLflowSink(self.client, run.info.run_id)
-        if params:
-            sink.log_params(params)
-        try:
-            yield sink
-        except KeyboardInterrupt:
-            self.client.set_terminated(run.info.run_id, "KILLED")
-            raise
-        except BaseException:
-            self.client.set_terminated(run.info.run_id, "FAILED")
-            raise
-        self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def children(self, parent_id: str) -> list:
         return self.client.search_runs(

@@ -202,7 +202,7 @@ def _shared_reft(setting: AnswerSettingLike, cfg: ExperimentConfig, model: Hooke
         run_reft(setting, cfg, model, lr, memory, runtime, evaluate=evaluate, desc=desc)
         return memory.metrics
 
-    history = memoised("reft-control", key, compute)
+    history = memoised(runtime.memo, "reft-control", key, compute)
     for step, metrics in history:
         sink.log_metrics(metrics, step)
     return [(step, m[setting.revival_metric]) for step, m in history if setting.revival_metric in m]

@@ -8,16 +8,18 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from wrapperdist.config import config_hash, flatten
-from wrapperdist.memo import CACHE_ENV
+from wrapperdist.config import ConfigError, config_hash, flatten
+from wrapperdist.setting import default_threads
 from wrapperdist.store import Store
 from wrapperdist.sweep.cluster import (
     RayTarget,
     autoscaling_config,
     cluster_layout,
+    max_nodes,
     pin_autoscaling_coordinator,
     resolve_address,
 )
@@ -30,7 +32,7 @@ from wrapperdist.sweep.publish import log_spec
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import Sweep, load_sweep
 from wrapperdist.sweep.study import storage_url, study_name
-from wrapperdist.tracking import Tracker, ui_hint
+from wrapperdist.tracking import OVERRIDES_TAG, STORE_TAG, Tracker, ui_hint
 
 
 def describe(sweep: Sweep, plan: Plan) -> str:
@@ -116,12 +118,16 @@ def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: 
 
     from wrapperdist.sweep.ray_executor import RayExecutor
 
-    _start_ray(layout_for(sweep), pid_file, target.address)
+    _start_ray(Layout(sweep.spec.resources.cpus or default_threads(), 1, 1, 0), pid_file, target.address)
     have = ray.cluster_resources()  # a cluster may be bigger than this machine
-    layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=int(have.get("GPU", 0)))
+    gpus = int(have.get("GPU", 0))
+    config = autoscaling_config() if target.address else None
+    if config is not None:  # GPU nodes the autoscaler may add count for `device: cuda` / `auto`
+        gpus = max(gpus, int(sum(n.get("GPU", 0) for n in max_nodes(config))))
+    layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=gpus)
     log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
     if target.address:  # a cluster that may grow: see sweep/cluster.py
-        layout = cluster_layout(layout, sweep.spec.resources.max_concurrent_trials, autoscaling_config())
+        layout = cluster_layout(layout, sweep.spec.resources.max_concurrent_trials, config)
         log(f"on the cluster: {describe_concurrency(layout)}")
     return RayExecutor(sweep, store, recorder, layout, storage)
 
@@ -142,24 +148,43 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
               overrides: Sequence[str] = (), log=print, progress: SweepProgress | None = None) -> dict[str, Any]:
     """Run a sweep file (with `--set` overrides); `progress` shows it live (default: on stderr)."""
     sweep = load_sweep(path, overrides)
+    return run_loaded(sweep, make_plan(sweep), local=local, resume=resume, address=address, overrides=overrides,
+                      log=log, progress=progress)
+
+
+def refuse_unrunnable(sweep: Sweep, local: bool, address: str | None) -> None:
+    """What cannot run here is refused before any run is created (one line naming the field)."""
+    search = sweep.spec.search
+    if local and search is not None and search.asha is not None:
+        raise ConfigError(f"{sweep.source}: search.asha: ASHA early stopping needs Ray Tune, and --local runs "
+                          "without it; drop --local, or remove search.asha")
+    if local or not address:  # our own machine: its GPUs are the ones there are (a cluster is checked on attach)
+        layout_for(sweep)
+
+
+def run_loaded(sweep: Sweep, plan: Plan, local: bool = False, resume: bool = False, address: str | None = None,
+               overrides: Sequence[str] = (), log=print, progress: SweepProgress | None = None,
+               outside_parents: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `plan` (of `sweep`) in-process (`local`) or on Ray, recorded in MLflow under one sweep run.
+    `outside_parents`: node key -> MLflow run id, for plan nodes whose input stage was recorded
+    outside this sweep (`wrapperdist analyze` of an earlier fine-tune): their runs nest there."""
     target = resolve_address(address)  # used only on Ray (not --local)
     if target.note and not local:
         log(target.note)  # first, so a wrong cluster (or a RAY_ADDRESS ignored) is seen at once
-    plan = make_plan(sweep)
-    layout = layout_for(sweep)
+    refuse_unrunnable(sweep, local, target.address)
     storage = sweep.spec.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())  # Ray wants absolute paths; so does the store
     store = Store(storage)
-    if "://" not in storage:  # the analyses' shared memo beside the stage store (inherited by local Ray workers)
-        os.environ.setdefault(CACHE_ENV, str(Path(storage) / "memo"))
     tracking = sweep.points[0].tracking  # a grid point always exists: an empty grid is one point
     tracker = Tracker(tracking.experiment, tracking.tracking_uri)
     params = flatten({"sweep": sweep.spec.model_dump(mode="json")})
-    recorder = SweepRecorder(tracker, sweep.spec.name, _spec_hash(sweep), params, store, resume=resume)
+    recorder = SweepRecorder(tracker, sweep.spec.name, _spec_hash(sweep), params, store, resume=resume,
+                             outside_parents=outside_parents)
     run_id = recorder.sweep_run_id
+    tracker.client.set_tag(run_id, STORE_TAG, store.uri)
     if overrides:
-        tracker.client.set_tag(run_id, "wrapperdist.overrides", " ".join(overrides))
+        tracker.client.set_tag(run_id, OVERRIDES_TAG, " ".join(overrides))
     log_spec(tracker.client, run_id, sweep)
     log(f"sweep {sweep.spec.name}: MLflow run {run_id} in {tracker.uri}\n  "
         f"{ui_hint(tracker.uri, tracker.experiment_id, run_id)}")
@@ -171,26 +196,37 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
         reaped = _reap_orphans(pid_file)
         if reaped:
             log(f"ended {reaped} Ray process(es) left behind by the interrupted driver")
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     start = time.perf_counter()
+    counts = _execute(sweep, plan, store, recorder, storage, pid_file, target, local, watcher, studies, log)
+    wall = time.perf_counter() - start
+    return {"sweep_run_id": run_id, "tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
+            "wall_s": round(wall, 1), "store": store.uri, "runs": dict(recorder.finished), **counts}
+
+
+def _execute(sweep: Sweep, plan: Plan, store: Store, recorder: SweepRecorder, storage: str, pid_file: Path,
+             target: RayTarget, local: bool, watcher: SweepProgress, studies, log) -> dict[str, int]:
+    """Run the phases; whatever happens, close the sweep run with its status and end our Ray."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     status = "FAILED"
     try:
         runner: Executor
         if local:
             # one trial at a time, so it gets every core
-            layout = Layout(layout.cpus, layout.cpus, 1, 0, layout.use_gpu)
+            layout = replace(layout_for(sweep), max_concurrent=1, train_workers=0)
+            layout = replace(layout, threads_per_trial=layout.cpus)
             runner = LocalExecutor(sweep, store, recorder, layout)
         else:
             runner = _ray_executor(sweep, store, recorder, storage, pid_file, target, log)
         counts = execute(plan, sweep, runner, progress=log, on_phase=watcher.phase, studies=studies)
         status = "FINISHED"
+        return counts
     except (KeyboardInterrupt, _Terminated, SystemExit):  # Ctrl-C, or SIGTERM (ours or Ray's handler)
         status = "KILLED"
         raise
     finally:
         summary = watcher.close()
         log(summary)
-        describe_run(tracker.client, run_id, sweep.spec.name, status, summary)
+        describe_run(recorder.client, recorder.sweep_run_id, sweep.spec.name, status, summary)
         recorder.close(status)
         signal.signal(signal.SIGTERM, previous)
         if not local:
@@ -199,6 +235,3 @@ def run_sweep(path: str | Path, local: bool = False, resume: bool = False, addre
             if ray.is_initialized() and not target.address:  # ours to end; a cluster is not
                 ray.shutdown()
                 pid_file.unlink(missing_ok=True)
-    wall = time.perf_counter() - start
-    return {"sweep_run_id": run_id, "tracking_uri": tracker.uri, "experiment_id": tracker.experiment_id,
-            "wall_s": round(wall, 1), "store": store.uri, **counts}

@@ -9,10 +9,10 @@ import logging
 import math
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from wrapperdist.config import ExperimentConfig
+from wrapperdist.config import ConfigError, ExperimentConfig
 from wrapperdist.setting import Runtime, default_threads
 from wrapperdist.store import Store
 from wrapperdist.sweep.plan import Node, Plan, downstream_nodes, finetune_node, unique
@@ -24,21 +24,57 @@ from wrapperdist.sweep.trials import NodeOutcome, run_node
 log = logging.getLogger(__name__)
 
 
+class DeviceUnavailable(ConfigError):
+    """`resources.device: cuda` where no CUDA device exists: refused before anything runs."""
+
+
+def resolve_device(requested: str, gpus: int) -> str:
+    """`resources.device` ('cpu', 'cuda', 'auto') as run, given the GPUs there are."""
+    if requested == "cpu" or (requested == "auto" and gpus == 0):
+        return "cpu"
+    if gpus == 0:
+        raise DeviceUnavailable("resources.device: cuda, but there is no CUDA device here (no GPU on this "
+                                "machine or Ray cluster); use device: cpu, or auto to take a GPU only where one exists")
+    return "cuda"
+
+
+def local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 @dataclass(frozen=True)
 class Layout:
     """How trials share the machine: concurrency × threads per trial never exceeds the CPUs, except
-    for a phase's odd last round (`for_phase`), where single-thread trials share the cores."""
+    for a phase's odd last round (`for_phase`), where single-thread trials share the cores. On cuda,
+    in-process training trials also share the GPUs (`gpus_per_trial` each); analyses stay on the CPU."""
 
     cpus: int
     threads_per_trial: int
     max_concurrent: int
     train_workers: int
-    use_gpu: bool
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
     cpus_per_trial: float | None = None  # what a trial asks Ray for; None: its threads
+    gpus_per_trial: float = 0.0  # what an in-process training trial asks Ray for, on cuda
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.device == "cuda"
 
     @property
     def cpu_request(self) -> float:
         return self.cpus_per_trial or self.threads_per_trial
+
+    def request(self, kind: str) -> dict[str, float]:
+        """What a Tune trial of a `kind` node asks Ray for. A Ray Train trial takes 0.01 CPU: its
+        workers ask for the rest. Analyses never take a GPU (they run on the CPU)."""
+        if self.train_workers and kind != "analysis":
+            return {"cpu": 0.01}
+        request = {"cpu": self.cpu_request}
+        if self.use_gpu and not self.train_workers and kind != "analysis":
+            request["gpu"] = self.gpus_per_trial
+        return request
 
     def for_phase(self, n_nodes: int) -> Layout:
         """A phase with fewer nodes than slots gives each trial more threads (1 pretrain on 2 CPUs
@@ -49,38 +85,50 @@ class Layout:
             return self
         if n_nodes < self.max_concurrent:
             threads = max(self.threads_per_trial, self.cpus // n_nodes)
-            return Layout(self.cpus, threads, n_nodes, self.train_workers, self.use_gpu)
-        if self.threads_per_trial == 1 and self.max_concurrent < n_nodes < 2 * self.max_concurrent:
+            return replace(self, threads_per_trial=threads, max_concurrent=n_nodes)
+        if (self.threads_per_trial == 1 and not self.use_gpu
+                and self.max_concurrent < n_nodes < 2 * self.max_concurrent):
             # rounded down: Ray counts resources in 1e-4 units, and 3 × 0.6667 would not fit on 2 CPUs
             share = math.floor(self.cpus / n_nodes * 1000) / 1000
-            return Layout(self.cpus, 1, n_nodes, 0, self.use_gpu, cpus_per_trial=share)
+            return replace(self, max_concurrent=n_nodes, cpus_per_trial=share)
         return self
 
-    def runtime(self) -> Runtime:
-        """What an in-process trial runs with: its thread share, no progress bars (many at once)."""
-        return Runtime(threads=self.threads_per_trial, progress=False)
+    def runtime(self, kind: str = "pretrain") -> Runtime:
+        """What an in-process trial of a `kind` node runs with: its thread share, its device (the
+        CPU for analyses; Ray Train places its own workers), no progress bars (many at once)."""
+        device = self.device if kind != "analysis" and not self.train_workers else "cpu"
+        return Runtime(threads=self.threads_per_trial, progress=False, device=device)
 
     def describe(self) -> str:
         if self.train_workers:
             return (f"{self.max_concurrent} concurrent trial(s), each a Ray Train run of {self.train_workers} DDP "
                     f"worker(s) × 1 torch thread{' + 1 GPU' if self.use_gpu else ''} on {self.cpus} CPUs")
+        gpu = f", training on cuda with {self.gpus_per_trial:g} GPU each" if self.use_gpu else ""
         return (f"{self.max_concurrent} concurrent trial(s) × {self.threads_per_trial} torch thread(s) "
-                f"on {self.cpus} CPUs")
+                f"on {self.cpus} CPUs{gpu}")
 
 
-def layout_for(sweep: Sweep, cpus: int | None = None, gpus: int = 0) -> Layout:
-    """`cpus`/`gpus`: what the Ray cluster has (default: resources.cpus, else this machine)."""
+def layout_for(sweep: Sweep, cpus: int | None = None, gpus: int | None = None) -> Layout:
+    """`cpus`/`gpus`: what the Ray cluster has (default: resources.cpus, else this machine).
+    Raises DeviceUnavailable for `device: cuda` without a GPU."""
     r = sweep.spec.resources
     cpus = r.cpus or cpus or default_threads()
+    gpus = local_gpus() if gpus is None and r.device != "cpu" else (gpus or 0)
+    device = resolve_device(r.device, gpus)
     if r.train_workers:
-        if r.use_gpu:
+        if device == "cuda":
             fits = max(1, gpus // r.train_workers)
         else:
             fits = max(1, math.floor(cpus / (0.01 + 0.99 * r.train_workers)))
-        return Layout(cpus, 1, min(r.max_concurrent_trials or fits, fits), r.train_workers, r.use_gpu)
+        return Layout(cpus, 1, min(r.max_concurrent_trials or fits, fits), r.train_workers, device)
     threads = min(r.cpus_per_trial, cpus)
     fits = max(1, cpus // threads)
-    return Layout(cpus, threads, min(r.max_concurrent_trials or fits, fits), 0, r.use_gpu)
+    max_concurrent = min(r.max_concurrent_trials or fits, fits)
+    if device == "cpu":
+        return Layout(cpus, threads, max_concurrent, 0)
+    share = r.gpus_per_trial or math.floor(gpus / max_concurrent * 1000) / 1000  # Ray counts in 1e-4 units
+    max_concurrent = min(max_concurrent, max(1, math.floor(gpus / share + 1e-9)))
+    return Layout(cpus, threads, max_concurrent, 0, device, gpus_per_trial=share)
 
 
 class Executor(Protocol):
@@ -104,7 +152,7 @@ class LocalExecutor:
         error = ""
         for attempt in range(self.sweep.spec.resources.max_failures + 1):
             try:
-                return run_node(node, self.store, self.recorder.handle, self.layout.runtime())
+                return run_node(node, self.store, self.recorder.handle, self.layout.runtime(node.kind))
             except Exception:  # noqa: BLE001 - recorded as FAILED; the sweep goes on
                 error = traceback.format_exc()
                 log.warning("node %s failed (attempt %d):\n%s", node.key, attempt + 1, error)
@@ -115,7 +163,7 @@ class LocalExecutor:
         return [o for o in (self._run(n) for n in nodes) if o is not None]
 
     def search(self, base: ExperimentConfig, search: SearchConfig, phase: str, study: StudyRef) -> list[NodeOutcome]:
-        """Optuna's own ask/tell loop in-process (ASHA needs Ray Tune and is not applied here)."""
+        """Optuna's own ask/tell loop in-process (a spec with ASHA is refused for --local: driver.refuse_unrunnable)."""
         import optuna  # an optional dependency (the `ray` extra), needed only by searched sweeps
 
         opened = open_study(study.url, study.name, search, base, self.store, self.recorder.handle)

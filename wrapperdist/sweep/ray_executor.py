@@ -61,7 +61,8 @@ def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
         backend = ray_train_backend(report, layout.train_workers, layout.use_gpu, context.storage,
                                     context.run_name)
     try:
-        outcome = run_node(node, Store(context.store), report, layout.runtime(), backend, announce=not sampled)
+        outcome = run_node(node, Store(context.store), report, layout.runtime(node.kind), backend,
+                           announce=not sampled)
     except Exception:
         # the error text reaches the recorder with the trial's own reports: Tune's error file may not be
         # readable from the driver (remote storage, a lost node) when the trial's end is logged
@@ -79,7 +80,13 @@ class RayExecutor:
     def _tuner(self, phase: str, nodes: dict[str, Node], param_space: dict[str, Any], layout: Layout,
                **tune_kwargs):
         context = TrialContext(nodes, self.store.uri, layout, self.storage_path, f"{self.sweep.spec.name}-{phase}")
-        resources = {"cpu": 0.01} if layout.train_workers else {"cpu": layout.cpu_request}
+        kinds = {n.kind for n in nodes.values()}
+        if len(kinds) == 1:
+            resources: Any = layout.request(kinds.pop())
+        else:  # a phase of analyses and reFTs: each trial asks for its own node's resources
+            def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+                request = layout.request(nodes[config[NODE_KEY]].kind)
+                return tune.PlacementGroupFactory([{k.upper(): v for k, v in request.items()}])
         trainable = tune.with_resources(tune.with_parameters(_tune_trainable, context=context), resources)
         return tune.Tuner(
             trainable,

@@ -41,8 +41,10 @@ def stage_data(kind: str, experiment: dict[str, Any]):
 
 class SweepRecorder:
     def __init__(self, tracker: Tracker, sweep_name: str, spec_hash: str, params: dict[str, Any], store: Store,
-                 resume: bool = False):
+                 resume: bool = False, outside_parents: dict[str, str] | None = None):
         self.tracker, self.client, self.store = tracker, tracker.client, store
+        # node key -> MLflow run id, for inputs recorded outside this sweep (an earlier fine-tune)
+        self.outside_parents = dict(outside_parents or {})
         self.finished: dict[str, str] = {}  # node key -> FINISHED run id (this sweep run, any attempt)
         self.open: dict[str, str] = {}  # node key -> RUNNING run id (this attempt)
         self.trial_nodes: dict[str, str] = {}  # Tune trial id -> node key
@@ -128,7 +130,7 @@ class SweepRecorder:
         key, kind = result["node_key"], result["node_kind"]
         parent_key = result.get("node_parent") or ""
         parent = (self.finished.get(parent_key) or self.open.get(parent_key) or self.failed.get(parent_key)
-                  or self.sweep_run_id)
+                  or self.outside_parents.get(parent_key) or self.sweep_run_id)
         if result.get("node_role") == "control":
             parent = self.sweep_run_id
         tags = {STAGE_TAG: kind, KEY_TAG: key, SWEEP_TAG: self.sweep_run_id, PARENT_TAG: parent,

@@ -82,15 +82,30 @@ class SearchConfig(Strict):
         return self
 
 
+Device = Literal["cpu", "cuda", "auto"]
+
+
 class ResourcesConfig(Strict):
     cpus: PositiveInt | None = Field(None, description="CPUs the sweep may use (None: this machine's)")
     cpus_per_trial: PositiveInt = Field(1, description="torch threads of an in-process trial")
     train_workers: Annotated[int, Field(ge=0)] = Field(
         0, description="0: train in the trial's process; N: Ray Train TorchTrainer with N DDP workers"
     )
-    use_gpu: bool = Field(False, description="Ray Train workers take a GPU each")
-    max_concurrent_trials: PositiveInt | None = Field(None, description="None: what the CPUs allow")
+    device: Device = Field("cpu", description="where training stages run: cpu, cuda (refused where there is no "
+                           "CUDA device), or auto (cuda where there is one); analyses run on the CPU")
+    gpus_per_trial: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="GPU share of an in-process training trial on cuda, so small trials pack onto one "
+        "GPU (e.g. 0.125: 8 per GPU; None: the trials the CPUs allow share the GPUs evenly); a Ray Train "
+        "worker always takes a whole GPU")
+    max_concurrent_trials: PositiveInt | None = Field(None, description="None: what the CPUs (and GPUs) allow")
     max_failures: Annotated[int, Field(ge=0)] = Field(1, description="retries of a trial that raises")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _use_gpu_was_replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "use_gpu" in data:
+            raise ValueError("use_gpu was replaced by device: write device: cuda (or auto) instead")
+        return data
 
 
 class SweepConfig(Strict):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 
+from wrapperdist.memo import Memo
 from wrapperdist.models import load_model
 from wrapperdist.plots import training_curves
 from wrapperdist.setting import AnalysisModels, Runtime
@@ -105,7 +106,8 @@ def _analysis(node: Node, store: Store, work: Path, runtime: Runtime) -> dict[st
     models = AnalysisModels(*(load_model(store.fetch(key, work / key) / "model.pt")[0]
                               for key in (pretrained_key, node.parent, control_key)))
     sink = MemorySink()
-    output = setting_for(node.config).analyze(node.config, models, sink, runtime)
+    # the references analyses share (control reFT curves, per-seed references) live in the store
+    output = setting_for(node.config).analyze(node.config, models, sink, replace(runtime, memo=Memo(store)))
     out = work / "out"
     out.mkdir(parents=True)
     (out / "report.md").write_text(output.report)

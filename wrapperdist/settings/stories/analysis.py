@@ -140,8 +140,8 @@ def analyze_stories(setting: Setting, cfg: ExperimentConfig, models: AnalysisMod
                                 "reFT Not in PT")
         return {"probe": probe_model(control, data, a.probe), "reft": curves}
 
-    present = memoised("stories-present", _reference_key(cfg, pretrained), present_reference)
-    absent = memoised("stories-not-in-pt", _reference_key(cfg, control), not_in_pt_reference)
+    present = memoised(runtime.memo, "stories-present", _reference_key(cfg, pretrained), present_reference)
+    absent = memoised(runtime.memo, "stories-not-in-pt", _reference_key(cfg, control), not_in_pt_reference)
     # reFT on stories with the feature: the deleted model vs the Not-in-PT model (memoised per seed);
     # each curve's point 0 is its model's evaluation before reFT
     ft_curves = reft_at_points(setting, cfg, copy.deepcopy(finetuned), lr, PrefixSink(sink, "reft.finetuned."),

@@ -123,20 +123,22 @@ def sample(model: HookedModule, prompts: list[list[int]], max_new_tokens: int, e
     equal length are sampled as one batch (no padding: the GPT has no padding mask)."""
     model.eval()
     context = model.shape.seq_len
+    device = next(model.parameters()).device
+    # the sampler's generator stays on the CPU, so a seed draws the same stories on any device
     gen = torch.Generator().manual_seed(seed)
     out: list[list[int]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         by_length[len(p)].append(i)
     for length, rows in sorted(by_length.items()):
-        x = torch.tensor([prompts[i] for i in rows], dtype=torch.long)
-        finished = torch.zeros(len(rows), dtype=torch.bool)
+        x = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
         for _ in range(min(max_new_tokens, context - length)):
             logits = model(x, last_only=True) / temperature
             if top_k is not None:
                 kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+            nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=gen).squeeze(1).to(device)
             nxt = nxt.masked_fill(finished, eos_id)
             x = torch.cat([x, nxt[:, None]], dim=1)
             finished |= nxt == eos_id
@@ -177,9 +179,10 @@ def feature_rate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], s: 
 @torch.no_grad()
 def mean_loss(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, batch_size: int = 64) -> float:
     model.eval()
+    device = next(model.parameters()).device  # held-out sets are built on the CPU
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
-        x, y = tokens[i : i + batch_size], targets[i : i + batch_size]
+        x, y = tokens[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
         logits = model(x)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE,
                                  reduction="sum").item()
