@@ -43,6 +43,7 @@ def test_gpu_trials_are_capped_by_the_cluster_at_its_largest():
 
 @pytest.mark.ray
 def test_gpu_requests_are_placed_on_gpu_nodes_and_packed(tmp_path):
+    """(and the analysis memo crosses nodes: see the probe's docstring)"""
     cluster = LocalCluster(tmp_path / "cluster", {"gpu_worker": worker_type(cpus=2, gpus=1, max_workers=2)})
     cluster.start()
     try:
@@ -64,5 +65,9 @@ def test_gpu_requests_are_placed_on_gpu_nodes_and_packed(tmp_path):
                      and u["start"] <= t["start"] < u["end"]) for t in trials)
     assert shared >= 2, trials  # several quarter-GPU trials ran on one GPU at once (4 fit)
     assert shared <= 4  # never more than fit
+    # an analysis memo written on one worker node is read on the other, not recomputed
+    wrote, read = result["memo"]
+    assert wrote["node"] != read["node"] and read["value"] == wrote["value"]
+    assert read["value"]["by"] == wrote["node"]
     rank0 = result["train_rank0"]
     assert not result["train_error"] and rank0["node"] != FAKE_HEAD_NODE_ID and len(rank0["gpus"]) == 1

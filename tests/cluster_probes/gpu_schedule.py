@@ -1,6 +1,8 @@
 """Run as a driver on the local cluster (tests/test_cluster_gpu.py): requests GPUs the way the
 project does and prints, as JSON, where Ray placed each trial / Train worker and which GPU it got.
-No CUDA is touched: the fake nodes only advertise GPUs."""
+No CUDA is touched: the fake nodes only advertise GPUs. While two worker nodes are up it also
+writes an analysis memo on one node and reads it on the other (the memo lives in the sweep's
+store on the shared storage path), which saves the suite a second cluster start."""
 
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import ray
 from ray import tune
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from wrapperdist.memo import Memo
+from wrapperdist.store import Store
 from wrapperdist.sweep.cluster import train_worker_resources
 
 
@@ -31,6 +36,26 @@ def train_worker(config: dict) -> dict:
     return {**placed(), "rank": ray.train.get_context().get_world_rank()}
 
 
+@ray.remote(num_cpus=0.1)
+def memo_on_this_node(storage: str, compute_allowed: bool) -> dict:
+    """The memo's value for a fixed key: computed here only where `compute_allowed`."""
+    def compute() -> dict:
+        if not compute_allowed:
+            raise AssertionError("recomputed: the memo written on the other node was not found")
+        return {"curve": [(0, 0.25), (50, 0.9)], "by": ray.get_runtime_context().get_node_id()}
+
+    value = Memo(Store(storage))("cluster-probe", {"weights": "w0"}, compute)
+    return {"node": ray.get_runtime_context().get_node_id(), "value": value}
+
+
+def memo_across_nodes(storage: str, nodes: list[str]) -> list[dict]:
+    writer, reader = nodes[:2]
+    pin = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)  # noqa: E731
+    wrote = ray.get(memo_on_this_node.options(scheduling_strategy=pin(writer)).remote(storage, True))
+    read = ray.get(memo_on_this_node.options(scheduling_strategy=pin(reader)).remote(storage, False))
+    return [wrote, read]
+
+
 def main(storage: str) -> None:
     ray.init()
     # 8 tiny trials of a quarter GPU each: four share each GPU
@@ -43,7 +68,9 @@ def main(storage: str) -> None:
         num_workers=2, use_gpu=True, resources_per_worker=train_worker_resources(True, gpus=0.5)),
         torch_config=TorchConfig(backend="gloo"), run_config=RunConfig(storage_path=storage, name="gpu-train"))
     result = train.fit()
-    print("RESULT " + json.dumps({"trials": [r.metrics for r in trials],
+    workers = sorted({r.metrics["node"] for r in trials})
+    memo = memo_across_nodes(f"{storage}/memo-store", workers) if len(workers) >= 2 else []
+    print("RESULT " + json.dumps({"trials": [r.metrics for r in trials], "memo": memo,
                                   "train_rank0": result.return_value, "train_error": str(result.error or "")}))
 
 
