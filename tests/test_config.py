@@ -135,6 +135,19 @@ def test_shipped_specs_validate(path):
         load_config(path)
 
 
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "sweeps").glob("*.yaml")
+                                         if "experiment" in yaml.safe_load(p.read_text())), ids=lambda p: p.name)
+def test_shipped_sweeps_keep_the_papers_lr_rules(path):
+    """App. D: reFT runs below the fine-tuning LR; Sec. 2: fine-tuning LRs sit below pretraining's."""
+    from wrapperdist.sweep.spec import load_sweep
+
+    for cfg in load_sweep(path).points:
+        ft = cfg.finetune.optim.lr
+        assert cfg.analysis.reft.effective_lr(ft) < ft, (cfg.name, "reFT LR not below the FT LR")
+        if cfg.pretrain.optim is not None and cfg.setting.trains_pretraining:
+            assert ft < cfg.pretrain.optim.lr, (cfg.name, "FT LR not below the pretraining LR")
+
+
 def test_named_priors_are_the_papers():
     cfg = ExperimentConfig.model_validate(with_change("setting.prior", "low"))
     assert cfg.setting.prior_vector() == PRIORS["low"] == (0.999, 0.001, 0.0)
