@@ -33,6 +33,9 @@ from wrapperdist.sweep.publish import publish_report  # noqa: E402
 from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, resolve_tracking_uri, ui_hint  # noqa: E402
 
 PROBE_MODELS = ("pretrained", "fine-tuned", "reFT", "random")
+ANALYSIS_PREFIXES = ("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.", "answers.", "floor.",
+                     "tab1.", "gen.")  # the analysis run's metrics a FineTune keeps (curves and evidence)
+START_KEYS = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious")  # the pretrained model, as FT saw it
 
 
 @dataclass
@@ -46,6 +49,7 @@ class FineTune:
     pt_acc_pretrained: float  # the fine-tune's step-0 evaluation: the pretrained model, before any FT
     ft_acc_pretrained: float
     analysis: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (x, value)
+    start_metrics: dict[str, float] = field(default_factory=dict)  # every eval metric at step 0 (pretrained)
     reft_budgets: dict[int, float] = field(default_factory=dict)  # budget -> pt_acc after reFT
 
     @property
@@ -82,6 +86,10 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
                       float(p.get("setting.spurious_fraction", 0.0)), int(p["seed"]), dict(r.data.metrics),
                       _history(client, r.info.run_id, "pt_acc")[0][1],
                       _history(client, r.info.run_id, "ft_acc")[0][1])
+        for key in START_KEYS:
+            start = _history(client, r.info.run_id, key) if key in r.data.metrics else []
+            if start:
+                ft.start_metrics[key] = start[0][1]
         for child in by_parent[r.info.run_id]:
             if child.info.status != "FINISHED":
                 continue
@@ -89,7 +97,7 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
                 ft.reft_budgets[int(child.data.params["reft.budget"])] = child.data.metrics["pt_acc"]
             elif child.data.tags.get(STAGE_TAG) == "analysis":
                 for key in child.data.metrics:
-                    if key.startswith(("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.", "answers.")):
+                    if key.startswith(ANALYSIS_PREFIXES):
                         ft.analysis[key] = _history(client, child.info.run_id, key)
         out.append(ft)
     return sorted(out, key=lambda f: (PRIOR_ORDER.get(f.prior, 9), f.prior, f.lr, f.c_tr, f.seed))

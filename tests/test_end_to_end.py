@@ -5,6 +5,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from wrapperdist.cli import main
@@ -33,6 +34,9 @@ def test_run_is_a_one_point_sweep(tiny_config, capsys):
     assert finetune.data.tags["mlflow.parentRunId"] == pretrain.info.run_id
     for run in (pretrain, finetune):
         assert run.info.status == "FINISHED"
+        # the machine a number came from travels with it (CPU results differ across CPU types)
+        assert run.data.tags["wrapperdist.device"] == "cpu" and run.data.tags["wrapperdist.cpu"]
+        assert run.data.tags["wrapperdist.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert run.data.params["finetune.optim.lr"] == "0.001"
         assert run.data.params["model.d_model"] == "16"
     assert sweeps[0].info.status == "FINISHED"

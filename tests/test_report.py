@@ -66,6 +66,19 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
     for run in analyses:  # the compare view needs every key on every run
         assert {"verdict_wrapper", "verdict_reft_faster", "evidence.probe_gap", "evidence.reft_reached_finetuned",
                 "evidence.reft_final_pt_acc_finetuned", "evidence.reft_final_pt_acc_control"} <= set(run.data.metrics)
+    # the per-seed data: one record per fine-tune, with its machine, that the claims read back
+    sys.path.insert(0, str(ROOT / "analysis"))
+    import claims
+    import runs_data
+
+    rows = runs_data.records(client, sweep.info.experiment_id, sweep.info.run_id)
+    assert len(rows) == 4 and {r["seed"] for r in rows} == {0, 1}
+    assert all(r["machine"]["device"] == "cpu" and r["machine"]["cpu_capability"] for r in rows)
+    runs_data.write(rows, tmp_path / "runs.jsonl")
+    loaded = runs_data.load(tmp_path / "runs.jsonl")
+    assert [r["ft"].start_metrics for r in loaded] == [r["start_metrics"] for r in rows]
+    verdicts = dict((c.item, j.status) for c, j in claims.judge_all(loaded))
+    assert verdicts["1"] == "inconclusive"  # 2 seeds < 3, whatever the numbers
 
 
 def test_tab5_analogue_from_the_same_kind_of_sweep(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from wrapperdist.machine import machine_info
 from wrapperdist.memo import Memo
 from wrapperdist.models import load_model
 from wrapperdist.plots import training_curves
@@ -20,6 +21,7 @@ from wrapperdist.settings.registry import setting_for
 from wrapperdist.sink import MemorySink
 from wrapperdist.stages import run_stage
 from wrapperdist.store import Store, remove, scratch_dir, write_stage_outputs
+from wrapperdist.sweep.cluster import WHERE
 from wrapperdist.sweep.plan import Node, node_report, with_metrics
 
 Report = Callable[[dict[str, Any]], None]
@@ -71,7 +73,9 @@ class NodeOutcome:
 def run_node(node: Node, store: Store, report: Report, runtime: Runtime, backend: TrainBackend | None = None,
              announce: bool = True) -> NodeOutcome:
     """Produce `node`'s output in the store unless it is there already (reuse and resume).
-    `announce=False` skips the metric-less 'start' report (a searcher wants its metric in every one)."""
+    `announce=False` skips the metric-less 'start' report (a searcher wants its metric in every one).
+    Every report also says what machine ran the stage (tagged on its run: see machine.py)."""
+    report = _with_machine(report, runtime.device)
     if store.done(node.key):
         metrics = store.read_json(node.key, "metrics.json")
         report(with_metrics({**node_report(node, True), "event": "done", "cached": 1}, metrics))
@@ -99,6 +103,11 @@ def run_node(node: Node, store: Store, report: Report, runtime: Runtime, backend
         return NodeOutcome(node, False, metrics)
     finally:
         remove(work)
+
+
+def _with_machine(report: Report, device: str) -> Report:
+    where = {f"{WHERE}{k}": v for k, v in machine_info(device).items()}
+    return lambda result: report({**result, **where})
 
 
 def _analysis(node: Node, store: Store, work: Path, runtime: Runtime) -> dict[str, float]:

@@ -1,0 +1,448 @@
+"""The paper's claims, judged from the data: each item of the paper's list of what a faithful
+reproduction must show (its Sec. 5-6, Tabs. 1, 3, 5, Figs. 5-11) that this project covers, with a
+criterion declared beside it in code — what must hold, against which floor, in how many seeds,
+with which interval — applied to committed per-seed results (analysis/runs_data.py files).
+
+    python analysis/claims.py docs/results/*/runs.jsonl --out docs/claims.md
+
+Each claim comes out as one of:
+- reproduced: the criterion holds, on the 95 % t-interval over >= MIN_SEEDS seeds;
+- trend: the direction holds on the means, not the interval (or only part of the criterion);
+- not reproduced: the data go against it;
+- inconclusive: too few seeds, no data for its cells, or its precondition failed (nothing was
+  lost, so nothing can be revived; nothing was learned, so nothing was wrapped). Never reproduced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_tables import mean_ci  # noqa: E402
+
+MIN_SEEDS = 3  # below this a claim is inconclusive, whatever its means say
+# The paper's fine-tuning LRs by name, per setting (PCFG: App. C.2, kept at the CPU scale; Tracr: Tab. 3)
+ETAS = {"pcfg": {1e-4: "L", 1e-5: "M", 1e-6: "S"}, "tracr": {1e-1: "L", 1e-2: "M", 1e-3: "S", 1e-4: "VS"}}
+PRUNE_MAX_K = 15  # the paper's Fig. 7 prunes up to 15 rows
+LOST = 0.2  # O_PT counts as lost after fine-tuning when it fell by at least this much
+
+
+@dataclass(frozen=True)
+class Judgement:
+    status: str  # reproduced / trend / not reproduced / inconclusive
+    numbers: str  # what was measured: means, intervals, seeds, floors
+
+
+@dataclass(frozen=True)
+class Claim:
+    item: str  # the paper's list
+    setting: str
+    paper: str  # what the paper reports, with its source
+    criterion: str  # what must hold here, in words (the code below is the definition)
+    judge: Callable[[list], Judgement]
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    half: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "no data"
+        interval = f" ± {100 * self.half:.1f}" if self.n > 1 else ""
+        return f"{100 * self.mean:.1f}{interval} % (n={self.n})"
+
+
+def stat(values: Iterable[float]) -> Stat:
+    values = [float(v) for v in values]
+    if not values:
+        return Stat(float("nan"), float("nan"), 0)
+    mean, half = mean_ci(values)
+    return Stat(mean, half, len(values))
+
+
+def eta(row) -> str:
+    return ETAS.get(row["setting"], {}).get(row["ft"].lr, f"lr={row['ft'].lr:g}")
+
+
+def select(rows: list, setting: str, prior: str | None = None, etas: Iterable[str] | None = None,
+           c_tr: Callable[[float], bool] | None = None) -> list:
+    return [r for r in rows if r["setting"] == setting and (prior is None or r["ft"].prior == prior)
+            and (etas is None or eta(r) in etas) and (c_tr is None or c_tr(r["ft"].c_tr))]
+
+
+def final(row, key: str) -> float | None:
+    """A fine-tune's final value of `key`, or its analysis' last logged value."""
+    ft = row["ft"]
+    if key in ft.metrics:
+        return ft.metrics[key]
+    curve = ft.analysis.get(key)
+    return curve[-1][1] if curve else None
+
+
+def values(rows: list, key: str) -> list[float]:
+    return [v for v in (final(r, key) for r in rows) if v is not None]
+
+
+def floor_text(rows: list, key: str) -> str:
+    """The constant predictor's accuracy on the set behind `key`, where the analysis logged it."""
+    floors = values(rows, f"floor.modal.{key}")
+    return f"; modal-answer floor {100 * stat(floors).mean:.1f} %" if floors else ""
+
+
+def capped(rows: list, judgement: Judgement) -> Judgement:
+    """Fewer than MIN_SEEDS seeds: the numbers stand, the verdict is inconclusive."""
+    seeds = {r["ft"].seed for r in rows}
+    if len(seeds) < MIN_SEEDS and judgement.status != "inconclusive":
+        return Judgement("inconclusive", f"{judgement.numbers} — {len(seeds)} seed(s) < {MIN_SEEDS} "
+                                         f"(would be: {judgement.status})")
+    return judgement
+
+
+def graded(holds_on_interval: bool, holds_on_mean: bool) -> str:
+    if holds_on_interval:
+        return "reproduced"
+    return "trend" if holds_on_mean else "not reproduced"
+
+
+# -- PCFG ------------------------------------------------------------------------------------------
+def pretrained_pattern(rows: list) -> Judgement:
+    """Item 1: count a ~ 100 % under every prior; count b 27 % (low) vs ~ 100 % (medium, high)."""
+    pcfg = select(rows, "pcfg")
+    if not pcfg:
+        return Judgement("inconclusive", "no PCFG data")
+    per_model = {(r["ft"].prior, r["ft"].seed): r["ft"] for r in pcfg}  # one pretrained model per prior, seed
+    priors = sorted({p for p, _ in per_model}, key=lambda p: ("low", "medium", "high").index(p)
+                    if p in ("low", "medium", "high") else 9)
+    a = {p: stat(ft.pt_acc_pretrained for (q, _), ft in per_model.items() if q == p) for p in priors}
+    b = {p: stat(ft.ft_acc_pretrained for (q, _), ft in per_model.items() if q == p) for p in priors}
+    numbers = "; ".join(f"{p}: count a {a[p]}, count b {b[p]}" for p in priors)
+    counts_a = all(a[p].low >= 0.9 for p in priors)
+    b_ok = all((b[p].high <= 0.6) if p == "low" else (b[p].low >= 0.9) for p in priors)
+    b_mean = all((b[p].mean <= 0.6) if p == "low" else (b[p].mean >= 0.9) for p in priors)
+    status = graded(counts_a and b_ok, all(a[p].mean >= 0.9 for p in priors) and b_mean)
+    covered = "" if set(priors) >= {"low", "medium", "high"} else f" (priors covered: {', '.join(priors)})"
+    return capped(pcfg, Judgement(status, numbers + covered))
+
+
+def _ft_claim(setting: str, prior: str | None, etas: tuple[str, ...], c_tr, key: str,
+              holds: Callable[[Stat], tuple[bool, bool]], what: str,
+              precondition: Callable[[list], str | None] | None = None) -> Callable[[list], Judgement]:
+    """A claim on one accuracy after fine-tuning in some cells: `holds(stat)` gives (on the
+    interval, on the mean); `precondition(rows)` returns why the claim cannot be judged, or None."""
+    def judge(rows: list) -> Judgement:
+        cell = select(rows, setting, prior, etas, c_tr)
+        if not cell:
+            return Judgement("inconclusive", f"no data for {what}")
+        if precondition is not None:
+            why = precondition(cell)
+            if why:
+                return Judgement("inconclusive", why)
+        s = stat(values(cell, key))
+        on_interval, on_mean = holds(s)
+        return capped(cell, Judgement(graded(on_interval, on_mean), f"{what}: {key} {s}{floor_text(cell, key)}"))
+    return judge
+
+
+def _pretrained_does_not_count_b(cell: list) -> str | None:
+    b = stat(r["ft"].ft_acc_pretrained for r in cell)
+    return None if b.mean <= 0.6 else f"the pretrained model already counts b ({b}): nothing for a wrapper to add"
+
+
+def _pretrained_counts_a(cell: list) -> str | None:
+    a = stat(r["ft"].pt_acc_pretrained for r in cell)
+    return None if a.mean >= 0.9 else f"the pretrained model does not count a ({a}): nothing to lose"
+
+
+def _fine_tune_moved(cell: list) -> str | None:
+    """A claim that something 'stays' says nothing if fine-tuning changed nothing at all."""
+    moved = [max((abs(r["ft"].metrics[k] - start) for k, start in r["ft"].start_metrics.items()
+                  if k in r["ft"].metrics), default=0.0) for r in cell]
+    return None if stat(moved).mean >= 0.05 else (
+        f"fine-tuning moved no evaluation by 5 points (mean largest shift {100 * stat(moved).mean:.1f}): "
+        "'stays' cannot be told from 'untouched'")
+
+
+def _lost(cell: list) -> str | None:
+    drops = [r["ft"].pt_acc_pretrained - r["ft"].metrics.get("pt_acc", r["ft"].pt_acc_pretrained) for r in cell]
+    lost = stat(drops)
+    return None if lost.mean >= LOST else (
+        f"O_PT was not lost (mean drop {100 * lost.mean:.1f} points < {100 * LOST:.0f}): nothing to revive")
+
+
+def pruning_revives(rows: list) -> Judgement:
+    """Item 4 (Fig. 7): low prior, C_Tr >= 0.5, eta_M / eta_S: pruning <= 15 rows raises O_PT (held-out
+    gain, K chosen on another split where the analysis logged one) beyond random rows."""
+    cell = select(rows, "pcfg", "low", ("M", "S"), lambda c: c >= 0.5)
+    if not cell:
+        return Judgement("inconclusive", "no data for low prior, C_Tr >= 0.5, eta_M / eta_S")
+    why = _lost(cell)
+    if why:
+        return Judgement("inconclusive", why)
+    held_out = values(cell, "evidence.prune_heldout_gain")
+    gains = held_out or values(cell, "evidence.prune_best_gain")
+    how = "held-out split" if held_out else "K picked on the scored set (selection-biased)"
+    random = [_best_gain(r["ft"].analysis.get("prune.random.pt_acc", [])) for r in cell]
+    g, rnd = stat(gains), stat(random)
+    numbers = f"O_PT gain {g} ({how}) vs random rows {rnd}"
+    return capped(cell, Judgement(graded(g.low >= 0.3 and g.mean - rnd.mean >= 0.2, g.mean - rnd.mean >= 0.1),
+                                  numbers))
+
+
+def _best_gain(curve: list) -> float:
+    """Largest gain over the unpruned value within PRUNE_MAX_K units of a pruning curve [(k, acc)]."""
+    if not curve:
+        return 0.0
+    base = curve[0][1]
+    return max(v - base for k, v in curve if k <= PRUNE_MAX_K)
+
+
+def probes_follow(rows: list) -> Judgement:
+    """Item 5 (Fig. 8): count(a) probes on fine-tuned models follow the pretrained model's, except
+    low prior at eta_M. The probe must first read count(a) better than on a random init."""
+    cell = [r for r in select(rows, "pcfg", etas=("M", "S")) if not (r["ft"].prior == "low" and eta(r) == "M")]
+    if not cell:
+        return Judgement("inconclusive", "no data for probes outside low prior at eta_M")
+    readable = stat(a - b for a, b in zip(values(cell, "evidence.probe_pretrained"),
+                                          values(cell, "evidence.probe_random_init"), strict=True))
+    if readable.mean < 0.1:
+        return Judgement("inconclusive", f"the probe reads count(a) on the pretrained model only "
+                                         f"{100 * readable.mean:.1f} points above a random init")
+    gap = stat(a - b for a, b in zip(values(cell, "evidence.probe_finetuned"),
+                                     values(cell, "evidence.probe_pretrained"), strict=True))
+    numbers = (f"fine-tuned minus pretrained probe accuracy {gap} (best layer); the pretrained probe reads "
+               f"{100 * readable.mean:.1f} points above random init")
+    return capped(cell, Judgement(graded(gap.low >= -0.05, gap.mean >= -0.05), numbers))
+
+
+def reft_beats_control(rows: list) -> Judgement:
+    """Item 6 (Fig. 9): the fine-tuned model revives O_PT faster than Scr.+FT at the same reFT LR."""
+    cell = select(rows, "pcfg", etas=("L", "M", "S"))
+    cell = [r for r in cell if final(r, "evidence.reft_budget") is not None]
+    if not cell:
+        return Judgement("inconclusive", "no analysed PCFG fine-tunes")
+    lost = [r for r in cell if _lost([r]) is None]
+    if not lost:
+        return Judgement("inconclusive", "no fine-tune lost O_PT: nothing to revive")
+    speedups = [_speedup(r) for r in lost]
+    faster = sum(s >= 2 for s in speedups)
+    numbers = (f"{faster} of {len(lost)} fine-tunes that lost O_PT revive >= 2x faster than Scr.+FT "
+               f"(speedups {', '.join(f'{s:.1f}' for s in speedups)})")
+    return capped(lost, Judgement(graded(faster == len(lost), faster > len(lost) / 2), numbers))
+
+
+def _speedup(row) -> float:
+    """Scr.+FT's steps to the threshold over the fine-tuned model's (budget + 1 where never)."""
+    budget = (final(row, "evidence.reft_budget") or 0) + 1
+    control = final(row, "evidence.reft_steps_control") if final(row, "evidence.reft_reached_control") else budget
+    return control / max(_steps_of(row), 1)
+
+
+def low_revives_slower(rows: list) -> Judgement:
+    """Item 6: low prior needs more reFT steps (~3K) than medium / high (~10^2-10^3). Only fine-tunes
+    that lost O_PT count: a model that never lost it revives in 0 steps, which says nothing."""
+    def lost_cell(priors: tuple[str, ...]) -> list:
+        return [r for p in priors for r in select(rows, "pcfg", p, ("M", "S")) if _lost([r]) is None]
+
+    low_cell, other_cell = lost_cell(("low",)), lost_cell(("medium", "high"))
+    if not low_cell or not other_cell:
+        return Judgement("inconclusive", "medium / high fine-tunes never lost O_PT (or the low prior did not): "
+                                         "no revival to compare")
+    low, other = stat(map(_steps_of, low_cell)), stat(map(_steps_of, other_cell))
+    numbers = f"reFT steps to the threshold: low {low.mean:.0f} (n={low.n}) vs medium / high {other.mean:.0f} " \
+              f"(n={other.n})"
+    return capped(low_cell, Judgement(graded(low.low > other.high, low.mean > other.mean), numbers))
+
+
+def _steps_of(row) -> float:
+    """reFT steps to the threshold; one past the budget where it was never reached."""
+    budget = (final(row, "evidence.reft_budget") or 0) + 1
+    return final(row, "evidence.reft_steps_finetuned") if final(row, "evidence.reft_reached_finetuned") else budget
+
+
+def _below(limit: float, trend_limit: float) -> Callable[[Stat], tuple[bool, bool]]:
+    return lambda s: (s.high <= limit, s.mean <= trend_limit)
+
+
+def _above(limit: float, trend_limit: float) -> Callable[[Stat], tuple[bool, bool]]:
+    return lambda s: (s.low >= limit, s.mean >= trend_limit)
+
+
+def wrapper_claim(rows: list) -> Judgement:
+    """Item 2a (Fig. 5, Tab. 5): low prior, C_Tr = 1, eta_M: O_FT ~100 % on C_Te = 1 and ~0 % on C_Te = 0."""
+    cell = select(rows, "pcfg", "low", ("M",), lambda c: c == 1.0)
+    if not cell:
+        return Judgement("inconclusive", "no data for low prior, C_Tr = 1, eta_M")
+    why = _pretrained_does_not_count_b(cell)
+    if why:
+        return Judgement("inconclusive", why)
+    te1, te0 = stat(values(cell, "ft_acc_spurious")), stat(values(cell, "ft_acc"))
+    numbers = f"O_FT on C_Te = 1 {te1}, on C_Te = 0 {te0}{floor_text(cell, 'ft_acc')}"
+    return capped(cell, Judgement(graded(te1.low >= 0.9 and te0.high <= 0.1, te1.mean >= 0.8 and te0.mean <= 0.3),
+                                  numbers))
+
+
+PCFG_CLAIMS = [
+    Claim("1", "pcfg", "pretrained: count a ~100 % under every prior; count b 27.1 / 99.9 / 99.9 % (low / "
+          "medium / high; Tab. 5)", "count a lower bound >= 90 %; count b upper bound <= 60 % (low), lower "
+          "bound >= 90 % (medium, high)", pretrained_pattern),
+    Claim("2a", "pcfg", "the wrapper: low prior, C_Tr = 1, eta_M: O_FT 100 % on C_Te = 1, 0.0 % on C_Te = 0 "
+          "(Tab. 5, 10K)", "C_Te = 1 lower bound >= 90 % and C_Te = 0 upper bound <= 10 %; precondition: the "
+          "pretrained model does not count b", wrapper_claim),
+    Claim("2b", "pcfg", "medium / high prior, C_Tr < 1, eta_M: O_FT 98-100 % on C_Te = 0 (Tab. 5)",
+          "O_FT on C_Te = 0 lower bound >= 90 %",
+          _ft_claim("pcfg", None, ("M",), lambda c: c < 1.0, "ft_acc", _above(0.9, 0.9),
+                    "medium / high, C_Tr < 1, eta_M")),
+    Claim("2c", "pcfg", "low prior, eta_S, C_Tr = 0: O_FT only 51.8 % on C_Te = 0 at 10K (Tab. 5)",
+          "O_FT on C_Te = 0 upper bound < 90 % (not fully learned)",
+          _ft_claim("pcfg", "low", ("S",), lambda c: c == 0.0, "ft_acc", lambda s: (s.high < 0.9, s.mean < 0.9),
+                    "low, C_Tr = 0, eta_S")),
+    Claim("2d", "pcfg", "medium / high prior, C_Tr = 1, eta_M: O_FT 3.6 / 19.6 % on C_Te = 0 (Tab. 5): the "
+          "wrapper forms at every prior under full correlation", "O_FT on C_Te = 0 upper bound <= 30 %",
+          _ft_claim("pcfg", None, ("M",), lambda c: c == 1.0, "ft_acc", _below(0.3, 0.5),
+                    "medium / high, C_Tr = 1, eta_M",
+                    precondition=lambda cell: None if any(r["ft"].prior != "low" for r in cell)
+                    else "no medium / high data")),
+    Claim("3a", "pcfg", "low prior, eta_M: O_PT on C_Te = 0 collapses to 7-18 % (Tab. 5, 10K)",
+          "O_PT on C_Te = 0 upper bound <= 30 %; precondition: the pretrained model counts a",
+          _ft_claim("pcfg", "low", ("M",), None, "pt_acc", _below(0.3, 0.5), "low, eta_M",
+                    precondition=_pretrained_counts_a)),
+    Claim("3b", "pcfg", "high prior, eta_S: O_PT stays 98-100 % on C_Te = 0 (Tab. 5, 10K)",
+          "O_PT on C_Te = 0 lower bound >= 95 %; precondition: fine-tuning moved some evaluation by >= 5 points",
+          _ft_claim("pcfg", "high", ("S",), None, "pt_acc", _above(0.95, 0.95), "high, eta_S",
+                    precondition=_fine_tune_moved)),
+    Claim("4", "pcfg", "pruning 5-15 rows of low-prior models fine-tuned with a correlation at eta_M / eta_S "
+          "clearly raises O_PT while O_FT falls (Fig. 7)", "gain lower bound >= 30 points and >= 20 above random "
+          "rows; precondition: O_PT was lost", pruning_revives),
+    Claim("5", "pcfg", "count(a) probes on fine-tuned models follow the pretrained model's, except low prior at "
+          "eta_M (Fig. 8)", "fine-tuned minus pretrained best-layer probe accuracy lower bound >= -5 points; "
+          "precondition: the probe reads count(a) >= 10 points above a random init. A count(a)+1 wrapper keeps "
+          "count(a) decodable by construction: the probe cannot tell a wrapper from an untouched model",
+          probes_follow),
+    Claim("6", "pcfg", "reFT revives O_PT far faster than Scr.+FT at the same LR (Fig. 9)",
+          "every fine-tune that lost O_PT revives >= 2x faster than Scr.+FT; precondition: O_PT was lost",
+          reft_beats_control),
+    Claim("6b", "pcfg", "low prior revives slower (~3K) than medium / high (10^2-10^3; Fig. 9)",
+          "low's steps lower bound above medium / high's upper bound; precondition: medium / high lost O_PT",
+          low_revives_slower),
+]
+
+
+# -- Tracr -------------------------------------------------------------------------------------------
+def tracr_single_weight(rows: list) -> Judgement:
+    """Item 7 (Fig. 10): pruning a single weight gives a > 60 % gain on count a."""
+    cell = [r for r in select(rows, "tracr") if "counter" in r["ft"].prior]
+    if not cell:
+        return Judgement("inconclusive", "no Tracr Counter data")
+    best = max(values(cell, "evidence.prune_best_gain") or [0.0])
+    per_seed = stat(max(values([r], "evidence.prune_best_gain") or [0.0]) for r in cell)
+    return capped(cell, Judgement(graded(best > 0.6, best > 0.3), f"best single-weight gain {100 * best:.1f} % "
+                                                                   f"(mean over fine-tunes {per_seed})"))
+
+
+TRACR_CLAIMS = [
+    Claim("7a", "tracr", "Counter at eta_S with no correlation fails: O_FT 27.2 % on C_Te = 0 (Tab. 3)",
+          "O_FT on C_Te = 0 upper bound <= 50 %",
+          _ft_claim("tracr", None, ("S",), lambda c: c == 0.0, "ft_acc", _below(0.5, 0.6), "Counter, eta_S, C_Tr = 0")),
+    Claim("7b", "tracr", "correlated fine-tunes learn the spurious rule: high O_FT on C_Te = 1, near 0 on C_Te = 0 "
+          "(Tab. 3)", "C_Tr = 1: O_FT on C_Te = 0 upper bound <= 10 %",
+          _ft_claim("tracr", None, ("M", "S"), lambda c: c == 1.0, "ft_acc", _below(0.1, 0.3),
+                    "C_Tr = 1, eta_M / eta_S")),
+    Claim("7c", "tracr", "pruning a single weight gives a > 60 % gain on count a (Fig. 10)",
+          "best single-weight gain > 60 points", tracr_single_weight),
+]
+
+
+# -- TinyStories ------------------------------------------------------------------------------------
+def stories_revival(rows: list) -> Judgement:
+    """Item 10 (Tab. 1): at 30 reFT iterations (1 % of the budget) every deleted model is at or above
+    the Not-in-PT control."""
+    cell = select(rows, "stories")
+    if not cell:
+        return Judgement("inconclusive", "no TinyStories data")
+    deleted = [final(r, "evidence.rate_pretrained") - final(r, "evidence.rate_finetuned") for r in cell
+               if final(r, "evidence.rate_finetuned") is not None]
+    if stat(deleted).mean < LOST:
+        return Judgement("inconclusive", f"deletion did not remove the feature (mean drop "
+                                         f"{100 * stat(deleted).mean:.1f} points < {100 * LOST:.0f})")
+    gap = stat(final(r, "tab1.deleted.at_1") - final(r, "tab1.not_in_pt.at_1") for r in cell
+               if final(r, "tab1.deleted.at_1") is not None)
+    return capped(cell, Judgement(graded(gap.low >= 0, gap.mean >= 0),
+                                  f"twist rate at 1 % of reFT, deleted minus Not-in-PT: {gap}"))
+
+
+def stories_probe(rows: list) -> Judgement:
+    """Item 10 (Fig. 11): the Twist probe on deleted models stays close to Present-in-PT."""
+    cell = select(rows, "stories")
+    if not cell:
+        return Judgement("inconclusive", "no TinyStories data")
+    gap = stat(a - b for a, b in zip(values(cell, "evidence.probe_finetuned"),
+                                     values(cell, "evidence.probe_pretrained"), strict=True))
+    return capped(cell, Judgement(graded(gap.low >= -0.05, gap.mean >= -0.05),
+                                  f"deleted minus Present-in-PT probe accuracy {gap}"))
+
+
+STORIES_CLAIMS = [
+    Claim("10a", "stories", "at 30 reFT iterations every deleted model is at or above the Not-in-PT control "
+          "(44-88 % vs 31 %; Tab. 1)", "deleted minus control at 1 % of reFT, lower bound >= 0; precondition: "
+          "deletion removed >= 20 points of the twist rate", stories_revival),
+    Claim("10b", "stories", "the Twist probe stays close to Present in PT (Fig. 11)",
+          "deleted minus Present-in-PT lower bound >= -5 points", stories_probe),
+]
+
+CLAIMS = [*PCFG_CLAIMS, *TRACR_CLAIMS, *STORIES_CLAIMS]
+
+
+def judge_all(rows: list, claims: list[Claim] = CLAIMS) -> list[tuple[Claim, Judgement]]:
+    return [(claim, claim.judge(rows)) for claim in claims]
+
+
+def markdown(results: list[tuple[Claim, Judgement]], sources: list[str], rows: list) -> str:
+    machines = sorted({f"{r['machine'].get('cpu', '?')} ({r['machine'].get('cpu_capability', '?')}, "
+                       f"{r['machine'].get('device', '?')})" for r in rows if r.get("machine")})
+    lines = ["# The paper's claims, judged from the committed data", "",
+             "Generated by `python analysis/claims.py` from " + ", ".join(f"`{s}`" for s in sources) + ".",
+             f"Verdicts need >= {MIN_SEEDS} seeds and the 95 % t-interval; a failed precondition is inconclusive.",
+             f"Machines: {', '.join(machines) or 'not recorded'}.", "",
+             "| item | the paper | criterion | ours | verdict |", "|---|---|---|---|---|"]
+    for claim, j in results:
+        lines.append(f"| {claim.item} | {claim.paper} | {claim.criterion} | {j.numbers} | **{j.status}** |")
+    counts = {s: sum(j.status == s for _, j in results)
+              for s in ("reproduced", "trend", "not reproduced", "inconclusive")}
+    lines += ["", " · ".join(f"{k}: {v}" for k, v in counts.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from runs_data import load
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="+", help="runs.jsonl files (analysis/runs_data.py)")
+    p.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
+    args = p.parse_args()
+    rows = [row for path in args.data for row in load(path)]
+    text = markdown(judge_all(rows), args.data, rows)
+    if args.out:
+        args.out.write_text(text)
+        print(f"{args.out}: {len(CLAIMS)} claims from {len(rows)} fine-tunes")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The claims module judges planted data as its criteria say: a clear revival is reproduced, a case
+where nothing was lost is inconclusive (never reproduced), too few seeds is inconclusive, and a
+runs.jsonl round trip gives the same verdicts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+import claims  # noqa: E402
+import report  # noqa: E402
+import runs_data  # noqa: E402
+
+
+def fine_tune(seed: int, *, prior="low", lr=1e-5, c_tr=1.0, pt_before=1.0, pt_after=0.1, ft_te0=0.02,
+              ft_te1=0.99, reft_ft=100, reft_ctrl=None, budget=1000, prune=((0, 0.1), (5, 0.8)),
+              random=((0, 0.1), (5, 0.15))):
+    ft = report.FineTune(f"run{seed}", prior, lr, c_tr, seed,
+                         {"pt_acc": pt_after, "ft_acc": ft_te0, "ft_acc_spurious": ft_te1},
+                         pt_acc_pretrained=pt_before, ft_acc_pretrained=0.27)
+    evidence = {"reft_budget": budget, "reft_reached_finetuned": float(reft_ft is not None),
+                "reft_reached_control": float(reft_ctrl is not None),
+                "prune_best_gain": max(v for _, v in prune) - prune[0][1]}
+    if reft_ft is not None:
+        evidence["reft_steps_finetuned"] = reft_ft
+    if reft_ctrl is not None:
+        evidence["reft_steps_control"] = reft_ctrl
+    ft.analysis = {f"evidence.{k}": [(0, float(v))] for k, v in evidence.items()}
+    ft.analysis["prune.paper.pt_acc"] = list(prune)
+    ft.analysis["prune.random.pt_acc"] = list(random)
+    ft.start_metrics = {"pt_acc": pt_before, "ft_acc": 0.27}
+    return {"setting": "pcfg", "ft": ft, "machine": {"cpu": "test", "cpu_capability": "AVX2", "device": "cpu"}}
+
+
+def by_item(rows):
+    return {claim.item: judgement for claim, judgement in claims.judge_all(rows)}
+
+
+def test_a_clear_revival_is_reproduced():
+    rows = [fine_tune(s) for s in range(5)]
+    verdicts = by_item(rows)
+    assert verdicts["6"].status == "reproduced", verdicts["6"]  # 100 steps vs never (1001): 10x
+    assert verdicts["4"].status == "reproduced", verdicts["4"]  # +0.7 from pruning, random +0.05
+    assert verdicts["2a"].status == "reproduced", verdicts["2a"]
+    assert verdicts["3a"].status == "reproduced", verdicts["3a"]
+
+
+def test_nothing_lost_is_inconclusive_never_reproduced():
+    rows = [fine_tune(s, pt_after=0.98) for s in range(5)]  # the fine-tune kept count(a): no revival to show
+    verdicts = by_item(rows)
+    for item in ("4", "6"):
+        assert verdicts[item].status == "inconclusive", (item, verdicts[item])
+        assert "not lost" in verdicts[item].numbers or "lost O_PT" in verdicts[item].numbers
+    assert verdicts["3a"].status == "not reproduced"  # the claim itself (O_PT collapses) is refuted
+
+
+def test_slow_or_absent_revival_is_not_reproduced():
+    rows = [fine_tune(s, reft_ft=None, reft_ctrl=None, prune=((0, 0.1), (5, 0.12))) for s in range(4)]
+    verdicts = by_item(rows)
+    assert verdicts["6"].status == "not reproduced"
+    assert verdicts["4"].status == "not reproduced"
+
+
+def test_too_few_seeds_is_inconclusive_with_its_numbers():
+    rows = [fine_tune(s) for s in range(2)]
+    verdict = by_item(rows)["6"]
+    assert verdict.status == "inconclusive" and "2 seed(s) < 3" in verdict.numbers and "reproduced" in verdict.numbers
+
+
+def test_a_wrapper_needs_a_pretrained_model_that_did_not_count_b():
+    rows = [fine_tune(s) for s in range(3)]
+    for row in rows:
+        row["ft"].ft_acc_pretrained = 0.99  # already counts b: a fine-tune answering b is no wrapper
+    assert by_item(rows)["2a"].status == "inconclusive"
+
+
+def test_runs_file_round_trip_gives_the_same_verdicts(tmp_path):
+    from dataclasses import asdict
+
+    rows = [fine_tune(s, reft_ft=300 + 50 * s, reft_ctrl=900) for s in range(3)]
+    path = tmp_path / "runs.jsonl"
+    runs_data.write([{**asdict(r["ft"]), "setting": "pcfg", "machine": r["machine"], "params": {}} for r in rows],
+                    path)
+    loaded = runs_data.load(path)
+    assert [(c.item, j) for c, j in claims.judge_all(loaded)] == [(c.item, j) for c, j in claims.judge_all(rows)]
+    text = claims.markdown(claims.judge_all(loaded), [str(path)], loaded)
+    assert "| 6 |" in text and "test (AVX2, cpu)" in text
