@@ -133,6 +133,32 @@ def test_optuna_search_with_asha(tmp_path):
     assert "[finetune search 1/1] finished: " in done.stderr  # progress, a line per trial off a terminal
 
 
+def test_asha_stops_a_ray_train_trial_early(tmp_path):
+    # Under 2 DDP workers lr 0.01 and 0.03 reach ft_acc 0.594 by step 10 and hold it (a tie: neither
+    # is ever stopped), lr 100 is at 0.0 throughout. Seed 9 samples 0.03, 100, 0.01 in that order, so
+    # ASHA's first rung (report 2 = step 10) stops lr 100 against 0.03, and 0.01's Train run needs
+    # the two CPUs the stopped run held: on 2 CPUs it only fits if that run was torn down.
+    spec = {"analyze": False, "search": {"num_samples": 3, "metric": "ft_acc", "mode": "max", "seed": 9,
+                                         "space": {"finetune.optim.lr": {"choice": [0.01, 0.03, 100.0]}},
+                                         "asha": {"max_t": 6, "grace_period": 2, "reduction_factor": 2}},
+            "resources": {"cpus": 2, "train_workers": 2}}
+    path, env = setup_sweep(tmp_path, spec)
+    done = subprocess.run([*WRAPPERDIST, "sweep", str(path)], env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ft = {float(r.data.params["finetune.optim.lr"]): r for r in runs_of(tmp_path)
+          if r.data.tags["wrapperdist.stage"] == "finetune"}
+    client = mlflow.MlflowClient()
+    steps = {lr: [m.step for m in client.get_metric_history(r.info.run_id, "ft_acc")] for lr, r in ft.items()}
+    stopped = ft[100.0]
+    assert stopped.info.status == "KILLED" and stopped.data.tags.get("wrapperdist.stopped_early") == "true"
+    assert steps[100.0] == [0, 10], steps  # stopped at ASHA's first rung, before its last evaluation
+    for lr in (0.01, 0.03):
+        assert ft[lr].info.status == "FINISHED" and "wrapperdist.stopped_early" not in ft[lr].data.tags
+        assert steps[lr] == [0, 10, 20], steps  # every evaluation point, each once
+        assert ft[lr].data.tags["wrapperdist.train_nodes"]  # the workers' nodes, reported live
+    assert ft[0.01].info.start_time > stopped.info.end_time  # the run after the stop got its workers
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -69,7 +69,7 @@ def node_info() -> dict[str, str]:
 
 class NodeReport:
     """Wraps a trial's report function: every report also says where the trial ran, and, once a
-    Ray Train run finished, on which nodes its workers ran."""
+    Ray Train run's workers are up (rank 0 says so before its first evaluation), on which nodes."""
 
     def __init__(self, report: Callable[[dict[str, Any]], None]):
         self.report = report

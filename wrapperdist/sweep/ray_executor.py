@@ -20,7 +20,7 @@ from wrapperdist.sweep.cluster import NodeReport
 from wrapperdist.sweep.executors import Layout, StudyRef
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report, node_report
 from wrapperdist.sweep.ray_callback import MLflowTreeCallback
-from wrapperdist.sweep.ray_train import ray_train_backend
+from wrapperdist.sweep.ray_train import StopTrainRuns, ray_train_backend, train_runs
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import SearchConfig, Sweep
 from wrapperdist.sweep.study import open_study, searched_config
@@ -38,6 +38,7 @@ class TrialContext:
     layout: Layout
     storage: str
     run_name: str
+    train_runs: Any = None  # the driver's TrainRuns actor, where Ray Train runs report (train_workers > 0)
 
 
 def node_of_trial(config: dict[str, Any], trial_id: str, nodes: dict[str, Node]) -> Node:
@@ -59,7 +60,7 @@ def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
     backend = None
     if layout.train_workers and node.kind in ("pretrain", "finetune", "reft"):
         backend = ray_train_backend(report, layout.train_workers, layout.use_gpu, context.storage,
-                                    context.run_name)
+                                    context.run_name, context.train_runs, trial_id)
     try:
         outcome = run_node(node, Store(context.store), report, layout.runtime(node.kind), backend,
                            announce=not sampled)
@@ -76,10 +77,19 @@ class RayExecutor:
     def __init__(self, sweep: Sweep, store: Store, recorder: SweepRecorder, layout: Layout, storage_path: str):
         self.sweep, self.store, self.recorder, self.layout = sweep, store, recorder, layout
         self.storage_path = storage_path
+        self.train_runs = None  # created on first use, kept for every phase
 
     def _tuner(self, phase: str, nodes: dict[str, Node], param_space: dict[str, Any], layout: Layout,
                **tune_kwargs):
-        context = TrialContext(nodes, self.store.uri, layout, self.storage_path, f"{self.sweep.spec.name}-{phase}")
+        callbacks = [MLflowTreeCallback(self.recorder, lambda cfg, tid: node_of_trial(cfg, tid, nodes)),
+                     JsonLoggerCallback()]
+        if layout.train_workers:
+            if self.train_runs is None:
+                self.train_runs = train_runs()
+            # first: a stopped trial's Train run ends before anything else handles the trial's end
+            callbacks.insert(0, StopTrainRuns(self.train_runs))
+        context = TrialContext(nodes, self.store.uri, layout, self.storage_path, f"{self.sweep.spec.name}-{phase}",
+                               self.train_runs)
         kinds = {n.kind for n in nodes.values()}
         if len(kinds) == 1:
             resources: Any = layout.request(kinds.pop())
@@ -99,8 +109,7 @@ class RayExecutor:
                 name=f"{self.sweep.spec.name}-{phase}", storage_path=self.storage_path, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=self.sweep.spec.resources.max_failures),
                 # the JSON results keep Tune's ResultGrid readable; CSV/TensorBoard would only add work
-                callbacks=[MLflowTreeCallback(self.recorder, lambda cfg, tid: node_of_trial(cfg, tid, nodes)),
-                           JsonLoggerCallback()],
+                callbacks=callbacks,
             ),
         )
 

@@ -2,20 +2,42 @@
 over gloo on CPU, NCCL on GPU). The stage code is the plain one (`stages.run_stage`); this file only
 supplies the worker's rank and the DDP wrapper, and moves metrics and the checkpoint through Ray.
 
-Reports: Train V2's `ray.train.report` is a barrier every worker must reach equally often, and it
-waits for the controller's poll, so workers report once, at the end, with the checkpoint (model +
-the evaluation history); the Tune trial then replays the history to the recorder."""
+Reports, live: each evaluation point reaches Tune as it happens, so a scheduler (ASHA) can stop a
+Train run early. Train V2's `ray.train.report` cannot carry them: it is a barrier every worker must
+reach equally often (the loop evaluates on rank 0 only) and it waits for the controller's poll. So
+rank 0's sink is the in-process one (`ReportingSink`), whose report hands each progress report to
+`TrainRuns`, a driver-owned actor, without waiting; the trial runs `trainer.fit()` in a thread and,
+from its own thread, drains `TrainRuns` and calls its report (tune.report) point by point. The
+checkpoint (model + the full history, training loss included) still comes back once, at the end,
+through Ray's checkpoint; the recorder replays only the points that were not sent live.
+
+Stopping: Tune ends a stopped trial's actor ~0.1 s after calling its stop(). The Train controller,
+owned by the trial, dies with it; the worker-group placement group the controller created does not
+(Ray ties it to the job, and Ray Train's PlacementGroupCleaner needs the state API, i.e. a dashboard,
+which a local sweep does not start), so the next trial's workers would never fit. The driver ends the
+Train run first: `StopTrainRuns.on_trial_complete` runs before Tune stops the trial, removes the run's
+placement group (which kills its workers; Train then fails the run and shuts its controller down in
+order, its cleaner included) and waits until the trial's `fit()` has returned."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
 import tempfile
+import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 from ray.train.torch import TorchTrainer, prepare_model
+from ray.tune import Callback
+from ray.util.placement_group import get_current_placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from wrapperdist.setting import Runtime
 from wrapperdist.settings.registry import setting_for
@@ -26,35 +48,183 @@ from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
 from wrapperdist.train.distributed import Distributed
 
-# The controller's default 2 s poll would add seconds to every run; the trial reports once anyway.
+log = logging.getLogger(__name__)
+
+# The controller's default 2 s poll adds seconds to every run's start and end (reports do not wait for it).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+# How long the driver waits for a stopped Train run to end before Tune stops its trial (its placement
+# group is gone by then either way; the wait lets the controller shut down in order). Measured: ~1 s.
+STOP_TIMEOUT_S = 60.0
+
+
+class _Run:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []  # ("nodes", [node ids]) | ("report", progress report)
+        self.changed = asyncio.Event()
+        self.ended = asyncio.Event()  # the trial's fit() returned or raised
+        self.placement_group = None
+        self.stop_requested = False
+
+    def add(self, item: tuple[str, Any]) -> None:
+        self.items.append(item)
+        self.changed.set()
+
+
+@ray.remote(num_cpus=0)
+class TrainRuns:
+    """The sweep's Ray Train runs, one entry per attempt of a trial: rank 0 posts the run's placement
+    group, worker nodes and progress reports; the trial takes them; the driver stops a run whose
+    trial a scheduler stopped. Owned by the driver, so it outlives every trial."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, _Run] = {}
+        self.current: dict[str, str] = {}  # trial id -> the key of its latest run
+
+    async def open(self, trial_id: str) -> str:
+        key = f"{trial_id}/{uuid.uuid4().hex[:8]}"
+        self.runs[key] = _Run()
+        self.current[trial_id] = key
+        return key
+
+    async def started(self, key: str, placement_group, nodes: list[str]) -> None:
+        run = self.runs.get(key)
+        if run is None:
+            return
+        run.placement_group = placement_group
+        run.add(("nodes", nodes))
+        if run.stop_requested:  # stopped before its workers were up
+            remove_placement_group(placement_group)
+
+    async def put(self, key: str, report: dict[str, Any]) -> None:
+        if key in self.runs:
+            self.runs[key].add(("report", report))
+
+    async def take(self, key: str, timeout: float) -> tuple[list[tuple[str, Any]], bool]:
+        """What arrived since the last take (waiting up to `timeout` for something), and whether the
+        run has ended (then nothing more comes: rank 0 flushes before its training function returns)."""
+        run = self.runs.get(key)
+        if run is None:
+            return [], True
+        if not run.items and not run.ended.is_set():
+            run.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.changed.wait(), timeout)
+        items, run.items = run.items, []
+        return items, run.ended.is_set()
+
+    async def ended(self, key: str) -> None:
+        run = self.runs.get(key)
+        if run is not None:
+            run.ended.set()
+            run.changed.set()
+
+    async def stop(self, key: str, timeout: float) -> str:
+        """End the run if it is still going: remove its placement group (its workers die with it)
+        and wait for its trial's fit() to return. 'ended' (nothing to do), 'stopped' or 'timeout'."""
+        run = self.runs.get(key)
+        if run is None or run.ended.is_set():
+            self._forget(key)
+            return "ended"
+        run.stop_requested = True
+        if run.placement_group is not None:
+            remove_placement_group(run.placement_group)
+        try:
+            await asyncio.wait_for(run.ended.wait(), timeout)
+            outcome = "stopped"
+        except TimeoutError:
+            outcome = "timeout"
+        self._forget(key)
+        return outcome
+
+    async def stop_trial(self, trial_id: str, timeout: float) -> str:
+        key = self.current.get(trial_id)
+        return await self.stop(key, timeout) if key else "ended"
+
+    async def forget_trial(self, trial_id: str) -> None:
+        key = self.current.get(trial_id)
+        if key:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        self.runs.pop(key, None)
+        trial_id = key.split("/", 1)[0]
+        if self.current.get(trial_id) == key:
+            del self.current[trial_id]
+
+
+def train_runs():
+    """A `TrainRuns` on the driver's node (where the driver's own death ends it anyway)."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return TrainRuns.options(scheduling_strategy=here).remote()
+
+
+class StopTrainRuns(Callback):
+    """In the driver: a trial that ends leaves no Train run behind. Tune calls on_trial_complete
+    before it stops the trial's actor, which is what lets the run end in order (module docstring)."""
+
+    def __init__(self, runs, timeout_s: float = STOP_TIMEOUT_S):
+        self.runs, self.timeout_s = runs, timeout_s
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        outcome = ray.get(self.runs.stop_trial.remote(trial.trial_id, self.timeout_s))
+        if outcome == "timeout":
+            log.warning("the Ray Train run of stopped trial %s did not end within %.0f s", trial.trial_id,
+                        self.timeout_s)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.runs.forget_trial.remote(trial.trial_id)
+
+
+class _LiveReports:
+    """Rank 0's report function: posts to `TrainRuns` without waiting (calls from one process run in
+    order); `flush` waits for the last post, so all of them are in before the worker returns."""
+
+    def __init__(self, runs, key: str):
+        self.runs, self.key, self.last = runs, key, None
+
+    def started(self, nodes: list[str]) -> None:
+        self.last = self.runs.started.remote(self.key, get_current_placement_group(), nodes)
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        self.last = self.runs.put.remote(self.key, result)
+
+    def flush(self) -> None:
+        if self.last is not None:
+            ray.get(self.last)
 
 
 def _worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     dist = Distributed(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), wrap=prepare_model)
     node: Node = config["node"]
+    setting = setting_for(node.config)
     init = Path(config["init"]) if config["init"] else None
-    sink = MemorySink()
     nodes = gather_worker_nodes()  # a collective: every rank, before any may return
+    live = _LiveReports(config["runs"], config["key"])
+    sink = MemorySink()  # other ranks log nothing (the loop evaluates and logs on rank 0)
+    if dist.is_main:
+        live.started(nodes)
+        sink = ReportingSink(node, live, setting.eval_metrics)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        run_stage(node.kind, setting_for(node.config), node.config, init, out, sink,
-                  Runtime(dist=dist, threads=1, progress=False), node.budget)
+        run_stage(node.kind, setting, node.config, init, out, sink, Runtime(dist=dist, threads=1, progress=False),
+                  node.budget)
         if dist.is_main:
+            live.flush()
             (out / "history.json").write_text(json.dumps(sink.metrics))
-            (out / "nodes.json").write_text(json.dumps(nodes))
             ray.train.report({"done": 1}, checkpoint=ray.train.Checkpoint.from_directory(str(out)))
         else:
             ray.train.report({"done": 1}, checkpoint=None)
 
 
-def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path: str, run_name: str) -> TrainBackend:
+def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path: str, run_name: str, runs,
+                      trial_id: str) -> TrainBackend:
     def run(node: Node, init: Path | None, out_dir: Path):
+        key = ray.get(runs.open.remote(trial_id))
         per_worker = train_worker_resources(use_gpu)  # 0.01 CPU is the Tune trial's own share
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"node": node, "init": str(init) if init else ""},
+            train_loop_config={"node": node, "init": str(init) if init else "", "runs": runs, "key": key},
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                    resources_per_worker=per_worker),
             run_config=ray.train.RunConfig(
@@ -64,16 +234,38 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
                 failure_config=train_failure_config(),
             ),
         )
-        result = trainer.fit()
+        outcome: dict[str, Any] = {}
+
+        def fit() -> None:
+            try:
+                outcome["result"] = trainer.fit()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the trial's thread
+                outcome["error"] = e
+            finally:
+                ray.get(runs.ended.remote(key))
+
+        fitting = threading.Thread(target=fit, name=f"fit {node.name}", daemon=True)
+        fitting.start()
+        try:
+            ended = False
+            while not ended:
+                items, ended = ray.get(runs.take.remote(key, 1.0))
+                for kind, value in items:
+                    if kind == "nodes" and isinstance(report, NodeReport):
+                        report.train_workers_ran_on(value)
+                    elif kind == "report":
+                        report(value)  # tune.report: where a scheduler's stop reaches this trial
+        except Exception:
+            # this trial fails while its Train run goes on: end the run before the trial's actor goes
+            ray.get(runs.stop.remote(key, STOP_TIMEOUT_S))
+            raise
+        fitting.join()
+        if "error" in outcome:
+            raise outcome["error"]
         out_dir.mkdir(parents=True, exist_ok=True)
-        with result.checkpoint.as_directory() as ckpt:
+        with outcome["result"].checkpoint.as_directory() as ckpt:
             history = json.loads((Path(ckpt) / "history.json").read_text())
-            if isinstance(report, NodeReport):
-                report.train_workers_ran_on(json.loads((Path(ckpt) / "nodes.json").read_text()))
             (out_dir / "model.pt").write_bytes((Path(ckpt) / "model.pt").read_bytes())
-        replay = ReportingSink(node, report, setting_for(node.config).eval_metrics)
-        for step, metrics in history:
-            replay.log_metrics(metrics, step)
         last = max(step for step, _ in history)
         final = {k: v for step, m in history if step == last for k, v in m.items()}
         return final, history

@@ -51,6 +51,7 @@ class SweepRecorder:
         self.failed: dict[str, str] = {}  # node key -> FAILED run id (still a parent for the tree)
         self.eval_keys: dict[str, set[str]] = {}  # node key -> its setting's evaluation metrics
         self.errors: dict[str, str] = {}  # node key -> the last traceback its trial reported
+        self.live_step: dict[str, int] = {}  # node key -> the last step of an evaluation point sent live
         self.where = WhereTags()  # the Ray node (and host) each stage ran on, as run tags
         self.names: dict[str, str] = {}  # node key -> run name (for failures reported by trial id only)
         # Called with (event, node key, report) for every trial event: live progress (sweep/progress.py)
@@ -122,7 +123,11 @@ class SweepRecorder:
         self.where.tag(self.client, run_id, result)
         sink = MLflowSink(self.client, run_id)
         if event == "progress" and metrics:
-            sink.log_metrics(metrics, int(result.get("step", 0)))
+            step = int(result.get("step", 0))
+            if step <= self.live_step.get(key, -1):
+                return  # a retried trial sending its points again: the curve has them already
+            self.live_step[key] = step
+            sink.log_metrics(metrics, step)
         elif event == "done":
             self._finish(run_id, key, result, metrics)
 
