@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_tables import mean_ci  # noqa: E402
+from report import PRIOR_ORDER  # noqa: E402
 
 MIN_SEEDS = 3  # below this a claim is inconclusive, whatever its means say
 # The paper's fine-tuning LRs by name, per setting (PCFG: App. C.2, kept at the CPU scale; Tracr: Tab. 3)
@@ -127,8 +128,7 @@ def pretrained_pattern(rows: list) -> Judgement:
     if not pcfg:
         return Judgement("inconclusive", "no PCFG data")
     per_model = {(r["ft"].prior, r["ft"].seed): r["ft"] for r in pcfg}  # one pretrained model per prior, seed
-    priors = sorted({p for p, _ in per_model}, key=lambda p: ("low", "medium", "high").index(p)
-                    if p in ("low", "medium", "high") else 9)
+    priors = sorted({p for p, _ in per_model}, key=lambda p: PRIOR_ORDER.get(p, 9))
     a = {p: stat(ft.pt_acc_pretrained for (q, _), ft in per_model.items() if q == p) for p in priors}
     b = {p: stat(ft.ft_acc_pretrained for (q, _), ft in per_model.items() if q == p) for p in priors}
     numbers = "; ".join(f"{p}: count a {a[p]}, count b {b[p]}" for p in priors)

@@ -23,6 +23,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def blas() -> str:
     """The BLAS torch was built with (e.g. mkl, openblas), from its build configuration."""
     found = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())

@@ -212,8 +212,8 @@ def _execute(sweep: Sweep, plan: Plan, store: Store, recorder: SweepRecorder, st
         runner: Executor
         if local:
             # one trial at a time, so it gets every core
-            layout = replace(layout_for(sweep), max_concurrent=1, train_workers=0)
-            layout = replace(layout, threads_per_trial=layout.cpus)
+            layout = layout_for(sweep)
+            layout = replace(layout, threads_per_trial=layout.cpus, max_concurrent=1, train_workers=0)
             runner = LocalExecutor(sweep, store, recorder, layout)
         else:
             runner = _ray_executor(sweep, store, recorder, storage, pid_file, target, log)

@@ -21,10 +21,10 @@ from wrapperdist.identity import node_key
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.store import Store, remove, scratch_dir
 from wrapperdist.sweep.plan import Node, Plan, downstream_nodes, finetune_node, make_plan, pretrain_node
+from wrapperdist.sweep.recorder import KEY_TAG, SWEEP_TAG
 from wrapperdist.sweep.spec import Device, ResourcesConfig, Sweep, SweepConfig
-from wrapperdist.tracking import STAGE_TAG, STORE_TAG, Tracker
+from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, STORE_TAG, Tracker
 
-KEY_TAG = "wrapperdist.node_key"  # as the recorder tags every stage run
 INIT_TAG = "wrapperdist.init_checkpoint"  # where a fine-tune from --from started (path or run id)
 INIT_KEY_TAG = "wrapperdist.init_key"  # the store entry of that start
 
@@ -35,11 +35,13 @@ def experiment_sweep(config_path: str | Path, overrides: Sequence[str] = (), ana
     return experiment_sweep_of(load_config(config_path, overrides=overrides), analyze, device, str(config_path))
 
 
-def experiment_sweep_of(cfg: ExperimentConfig, analyze: bool, device: Device = "cpu", source: str = "") -> Sweep:
-    """Named after the experiment, stored in its output_dir; a failed stage is not retried (one
-    point: the error is the answer)."""
+def experiment_sweep_of(cfg: ExperimentConfig, analyze: bool, device: Device = "cpu", source: str = "",
+                        storage: str | None = None) -> Sweep:
+    """Named after the experiment, stored in `storage` (default: its output_dir); a failed stage is
+    not retried (one point: the error is the answer)."""
     spec = SweepConfig(name=cfg.name, experiment=Path(source or "."), analyze=analyze,
-                       storage_path=str(cfg.output_dir), resources=ResourcesConfig(device=device, max_failures=0))
+                       storage_path=storage or str(cfg.output_dir),
+                       resources=ResourcesConfig(device=device, max_failures=0))
     return Sweep(spec=spec, base=cfg.model_dump(mode="json"), points=[cfg], source=source or f"experiment {cfg.name}")
 
 
@@ -135,11 +137,9 @@ def analysis_of_run(ref: str, override: ExperimentConfig | None) -> tuple[Sweep,
     with tempfile.TemporaryDirectory() as tmp:
         finetuned = tracker.stage_checkpoint(ft_run.info.run_id, "finetune", Path(tmp) / "finetune")
         cfg = override or _checkpoint_config(finetuned)
-        sweep = experiment_sweep_of(cfg, analyze=True)
-        # the store of the sweep that made the fine-tune (its analyses and controls are there)
-        storage = _sweep_storage(tracker, ft_run) or sweep.spec.storage_path
-        sweep = sweep.model_copy(update={"spec": sweep.spec.model_copy(update={"storage_path": storage})})
-        store = Store(storage)
+        # in the store of the sweep that made the fine-tune (its analyses and controls are there)
+        sweep = experiment_sweep_of(cfg, analyze=True, storage=_sweep_storage(tracker, ft_run))
+        store = Store(sweep.spec.storage_path)
         ft_key = _put(store, ft_run.data.tags.get(KEY_TAG), finetuned)
         pt_key = _pretrained_key(tracker, ft_run, store, Path(tmp) / "pretrain")
     setting = setting_for(cfg)
@@ -154,7 +154,7 @@ def analysis_of_run(ref: str, override: ExperimentConfig | None) -> tuple[Sweep,
 
 def _sweep_storage(tracker: Tracker, run: Any) -> str | None:
     """The store of the sweep a stage run belongs to (a tag of its sweep run)."""
-    sweep_id = run.data.tags.get("wrapperdist.sweep")
+    sweep_id = run.data.tags.get(SWEEP_TAG)
     if not sweep_id:
         return None
     try:
@@ -176,7 +176,7 @@ def _pretrained_key(tracker: Tracker, ft_run: Any, store: Store, work: Path) -> 
     init_key = ft_run.data.tags.get(INIT_KEY_TAG)
     if init_key and store.done(init_key):
         return init_key
-    parent_id = ft_run.data.tags.get("mlflow.parentRunId")
+    parent_id = ft_run.data.tags.get(PARENT_TAG)
     parent = tracker.client.get_run(parent_id) if parent_id else None
     if parent is not None and parent.data.tags.get(STAGE_TAG) == "pretrain":
         key = parent.data.tags.get(KEY_TAG)
