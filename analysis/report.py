@@ -289,25 +289,63 @@ def weights_tables(fts: list[FineTune], top: int = 8) -> list[str]:
     return lines
 
 
+def floor_values(fts: list[FineTune], key: str) -> list[float]:
+    """A floor metric (`floor.modal.pt_acc`, ...) of every fine-tune that logged it: on the fine-tune
+    run (step 0), else on its analysis run."""
+    return [f.metrics[key] if key in f.metrics else f.analysis[key][-1][1]
+            for f in fts if key in f.metrics or key in f.analysis]
+
+
+def floor_cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """One value where every run has the same floor (the held-out sets are the config's), else the
+    mean ± CI (the random init differs by seed); "-" where no run logged it."""
+    if not values:
+        return "-"
+    if max(values) - min(values) < 1e-12:
+        return f"{scale * values[0]:.{digits}f}"
+    mean, ci = mean_ci([scale * v for v in values])
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+RELATION_SETS = {"C_Te=0": "pt_acc", "C_Te=1": "pt_acc_spurious", "plain": "pt_acc_plain"}
+
+
+def relation_line(fts: list[FineTune]) -> list[str]:
+    """Where the planted relation holds, as measured on the held-out sets (not as constructed)."""
+    cells = {name: floor_cell(floor_values(fts, f"floor.relation.{key}")) for name, key in RELATION_SETS.items()}
+    if all(c == "-" for c in cells.values()):
+        return []
+    return ["", "The planted relation holds on a share (measured on the held-out sets, `floor.relation.*`) of "
+            + ", ".join(f"{name}: {cell}" for name, cell in cells.items()) + "."]
+
+
 def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
     lines = [f"# Sweep {sweep_name}", "", f"{len(fts)} finished fine-tunes; mean ± 95 % CI over seeds. pt_acc / "
-             "ft_acc: answer accuracy on the pretraining (count O_PT) / fine-tuning (count O_FT) task; C_Te=1: the "
-             "fine-tuning test set where the spurious relation always holds.", "",
+             "ft_acc: answer accuracy on the pretraining (count O_PT) / fine-tuning (count O_FT) task on C_Te=0, "
+             "the held-out strings on which the planted relation fails; C_Te=1: where it holds on every string; "
+             "plain: the strings as drawn (the relation holds by chance). The floor rows: the accuracy of always "
+             "giving the set's most common answer, and of a randomly initialised model of the same shape.", "",
              "| prior | FT lr | C_Tr | seeds | pt_acc pretrained | pt_acc after FT | ft_acc | ft_acc (C_Te=1) | "
-             "probe count O_PT (FT model) | pruning: best pt_acc gain, Alg. 3 / random | answers count(O_PT)+q | "
-             "reFT steps to threshold | wrapper verdicts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ft_acc (plain) | probe count O_PT (FT model) | pruning: best pt_acc gain, Alg. 3 / random | "
+             "answers count(O_PT)+q | reFT steps to threshold | wrapper verdicts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
         probe = _finals(group, "evidence.probe_finetuned")
         verdicts = _finals(group, "verdict_wrapper")
         lines.append(
             f"| {prior} | {lr:g} | {c:g} | {len(group)} | {_cell([f.pt_acc_pretrained for f in group])} | "
             f"{_cell([f.metrics['pt_acc'] for f in group])} | {_cell([f.metrics['ft_acc'] for f in group])} | "
-            f"{_metric_cell(group, 'ft_acc_spurious')} | {_cell(probe) if probe else '-'} | "
+            f"{_metric_cell(group, 'ft_acc_spurious')} | {_metric_cell(group, 'ft_acc_plain')} | "
+            f"{_cell(probe) if probe else '-'} | "
             f"{_analysis_cell(group, 'evidence.prune_best_gain')} / "
             f"{_analysis_cell(group, 'prune.random.best_gain')} | "
             f"{_analysis_cell(group, 'answers.count_pt_plus_offset')} | {_steps_cell(group)} | "
             f"{f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")
+    for kind, label in (("modal", "floor: modal answer"), ("random_init", "floor: random init")):
+        cells = [floor_cell(floor_values(fts, f"floor.{kind}.{key}"))
+                 for key in ("pt_acc", "pt_acc", "ft_acc", "ft_acc_spurious", "ft_acc_plain")]
+        lines.append(f"| {label} | | | | " + " | ".join(cells) + " | | | | | |")
+    lines += relation_line(fts)
     floors = [x for f in fts for x in _finals([f], "evidence.probe_random_init")]
     if floors:
         lines += ["", f"Probe floor (same probe on a randomly initialised model): {_cell(floors)} over all runs."]

@@ -5,7 +5,9 @@ cell beside the paper's numbers, from a sweep's MLflow runs.
 
 Pretrained models: count-a / count-b accuracy per prior (the fine-tunes' step-0 evaluation).
 Fine-tunes: accuracy at the end of fine-tuning (the paper's 10K column) on O_PT and O_FT, C_Te = 0
-and 1, per LR, prior and C_Tr; means ± 95 % t-intervals over seeds. The sweep's fine-tuning LRs,
+and 1 (and plain strings, ours only), per LR, prior and C_Tr; means ± 95 % t-intervals over seeds.
+Under each table its floors: the modal answer's and a random init's accuracy on each set, and the
+measured rate of the planted relation on each set. The sweep's fine-tuning LRs,
 largest first, stand for the paper's eta_L / eta_M / eta_S (1e-4 / 1e-5 / 1e-6)."""
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_tables import PAPER_FINETUNED, PAPER_PRETRAINED, mean_ci  # noqa: E402
-from report import collect  # noqa: E402
+from report import collect, floor_cell, floor_values, relation_line  # noqa: E402
 
 from wrapperdist.tracking import STAGE_TAG, resolve_tracking_uri  # noqa: E402
 
 FINAL_KEYS = ("pt_acc", "pt_acc_spurious", "ft_acc", "ft_acc_spurious")
+PLAIN_KEYS = ("pt_acc_plain", "ft_acc_plain")  # ours only: the paper reports no plain-text set
+FLOORS = (("modal", "modal answer"), ("random_init", "random init"))
 PRIORS = ("low", "medium", "high")
 
 
@@ -38,22 +42,40 @@ def _cell(paper: float | None, ours: list[float]) -> str:
     return f"{'—' if paper is None else f'{paper:g}'} / {mean:.1f}{interval}"
 
 
+def _ours(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, half = mean_ci([100 * x for x in values])
+    return f"{mean:.1f} ± {half:.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def _floor(fine_tunes, kind: str, key: str) -> str:
+    return floor_cell(floor_values(fine_tunes, f"floor.{kind}.{key}"), scale=100, digits=1)
+
+
 def tables(fine_tunes) -> list[str]:
-    """The two Markdown tables: pretrained models, then fine-tunes, paper / ours per cell."""
+    """The two Markdown tables: pretrained models, then fine-tunes, paper / ours per cell, each with
+    its floor rows (the modal answer, a random init: what an accuracy must beat, in %)."""
     pretrained = defaultdict(dict)  # prior -> seed -> (count a, count b): one pretrained model per seed
     for ft in fine_tunes:
         pretrained[ft.prior][ft.seed] = (ft.pt_acc_pretrained, ft.ft_acc_pretrained)
-    lines = ["| prior | count a before FT (paper / ours, %) | count b before FT |", "|---|---|---|"]
+    lines = ["C_Te = 0: held-out strings on which the planted relation count(b) = count(a) + q fails (as "
+             "the paper's Tab. 5 implies); C_Te = 1: strings on which it holds; plain: strings as drawn.", "",
+             "| prior | count a before FT (paper / ours, %) | count b before FT |", "|---|---|---|"]
     for prior in sorted(pretrained, key=_prior_order):
         a, b = zip(*pretrained[prior].values(), strict=True)
         paper = PAPER_PRETRAINED.get(prior, (None, None))
         lines.append(f"| {prior} | {_cell(paper[0], list(a))} | {_cell(paper[1], list(b))} |")
+    for kind, label in FLOORS:
+        cells = [_floor(fine_tunes, kind, k) for k in ("pt_acc", "ft_acc")]  # count a / count b on C_Te = 0
+        lines.append(f"| floor: {label} | " + " | ".join(cells) + " |")
     lrs = sorted({ft.lr for ft in fine_tunes}, reverse=True)
     names = dict(zip(lrs, "LMS", strict=False))
     mapping = ", ".join(f"eta_{names.get(lr, '?')} = {lr:g}" for lr in lrs)
     lines += ["", f"Fine-tuning LRs: {mapping} (paper: 1e-4 / 1e-5 / 1e-6).", "",
-              "| eta | prior | C_Tr | O_PT, C_Te=0 | O_PT, C_Te=1 | O_FT, C_Te=0 | O_FT, C_Te=1 |",
-              "|---|---|---|---|---|---|---|"]
+              "| eta | prior | C_Tr | O_PT, C_Te=0 | O_PT, C_Te=1 | O_FT, C_Te=0 | O_FT, C_Te=1 | O_PT, plain (ours) | "
+              "O_FT, plain (ours) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     groups = defaultdict(list)
     for ft in fine_tunes:
         groups[(names.get(ft.lr, "?"), ft.prior, ft.c_tr)].append(ft)
@@ -62,8 +84,12 @@ def tables(fine_tunes) -> list[str]:
         paper = PAPER_FINETUNED.get((eta, prior, c_tr if c_tr not in (0.0, 1.0) else int(c_tr)))
         cells = [_cell(paper[i] if paper else None, [g.metrics[k] for g in group if k in g.metrics])
                  for i, k in enumerate(FINAL_KEYS)]
+        cells += [_ours([g.metrics[k] for g in group if k in g.metrics]) for k in PLAIN_KEYS]
         lines.append(f"| {eta} | {prior} | {c_tr:g} | " + " | ".join(cells) + " |")
-    return lines
+    for kind, label in FLOORS:
+        lines.append(f"| floor: {label} | | | "
+                     + " | ".join(_floor(fine_tunes, kind, k) for k in (*FINAL_KEYS, *PLAIN_KEYS)) + " |")
+    return lines + relation_line(fine_tunes)
 
 
 def main() -> None:

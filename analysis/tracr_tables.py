@@ -1,6 +1,7 @@
 """The Tracr sweeps' tables for the README, from MLflow: the paper's Tab. 3 analogue (Acc O_PT / Acc
-O_FT on C_Te = 1 and 0, per LR and C_Tr) and, per fine-tune, single-weight pruning, attention on the
-O_PT / O_FT keys (Fig. 10's measure) and reFT steps against Scr.+FT.
+O_FT on C_Te = 1, C_Te = 0 (the relation fails) and plain sequences, per LR and C_Tr, with each program's
+floors: the modal answer's and a random init's accuracy, and the relation's measured rate) and, per
+fine-tune, single-weight pruning, attention on the O_PT / O_FT keys (Fig. 10's measure) and reFT steps against Scr.+FT.
 
     python analysis/tracr_tables.py [--tracking-uri sqlite:///mlflow.db] [--experiment wrapperdist]"""
 
@@ -34,6 +35,43 @@ def _steps(m: dict[str, float], key: str) -> str:
     return "never"
 
 
+FLOOR_ROWS = (("modal", "floor: modal answer"), ("random_init", "floor: random init"))
+SETS = (("pt_acc_spurious", "ft_acc_spurious"), ("pt_acc", "ft_acc"), ("pt_acc_plain", "ft_acc_plain"))
+
+
+def _pair(m: dict[str, float], prefix: str, keys: tuple[str, str]) -> str:
+    return " / ".join(_pct(m.get(prefix + k)) for k in keys)
+
+
+def _span(ms: list[dict[str, float]], key: str) -> str:
+    """A floor over a program's fine-tunes: one value where they agree, else the range (a sweep that
+    varies the data, or the seed of the random init)."""
+    values = [m[key] for m in ms if key in m]
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return _pct(low) if high - low < 1e-12 else f"{_pct(low)}–{_pct(high)}"
+
+
+def accuracy_table(finetunes: dict[tuple[str, float, float], dict[str, float]]) -> list[str]:
+    """Tab. 3's analogue, then per program its floors (the fine-tunes' step-0 `floor.*` metrics)."""
+    lines = ["| program | η | C_Tr | C_Te=1 O_PT / O_FT | C_Te=0 O_PT / O_FT | plain O_PT / O_FT |",
+             "|---|---|---|---|---|---|"]
+    ordered = sorted(finetunes.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2]))
+    for (program, lr, ctr), m in ordered:
+        lines.append(f"| {program} | {lr:g} | {ctr:g} | " + " | ".join(_pair(m, "", keys) for keys in SETS) + " |")
+    relation = []
+    for program in sorted({k[0] for k in finetunes}):
+        ms = [m for k, m in ordered if k[0] == program]
+        for kind, label in FLOOR_ROWS:
+            cells = [" / ".join(_span(ms, f"floor.{kind}.{k}") for k in keys) for keys in SETS]
+            lines.append(f"| {program} | {label} | | " + " | ".join(cells) + " |")
+        relation.append(f"{program}: C_Te=1 {_span(ms, 'floor.relation.pt_acc_spurious')}, C_Te=0 "
+                        f"{_span(ms, 'floor.relation.pt_acc')}, plain {_span(ms, 'floor.relation.pt_acc_plain')}")
+    return lines + ["", "The planted relation r(x, O_FT) - r(x, O_PT) = q holds on (%, measured on the held-out sets): "
+                    + "; ".join(relation) + "."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
@@ -41,10 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     mlflow.set_tracking_uri(args.tracking_uri)
     finetunes = {_key(r)[:3]: r.data.metrics for r in _runs(args.experiment, "finetune")}
-    print("| program | η | C_Tr | C_Te=1 O_PT / O_FT | C_Te=0 O_PT / O_FT |\n|---|---|---|---|---|")
-    for (program, lr, ctr), m in sorted(finetunes.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
-        print(f"| {program} | {lr:g} | {ctr:g} | {_pct(m.get('pt_acc_spurious'))} / {_pct(m.get('ft_acc_spurious'))} "
-              f"| {_pct(m.get('pt_acc'))} / {_pct(m.get('ft_acc'))} |")
+    print("\n".join(accuracy_table(finetunes)))
     print("\n| program | η | C_Tr | reFT η | best single weight: pt gain | cumulative K≤20: pt gain | "
           "rows K≤15: pt gain | "
           "attention on O_PT / O_FT keys (block 1 counter, 2 max) | reFT steps to 0.9: FT / Scr.+FT / Scr.+FT 10× "

@@ -1,5 +1,8 @@
-"""The PCFG protocol of the paper beyond the data: the Scr.+FT control, next-token pretraining, the
-reFT learning-rate rule, and what the analysis diagnoses."""
+"""The PCFG protocol of the paper beyond the data: the held-out sets C_Te = 0 / 1 / plain and their
+floors, the Scr.+FT control, next-token pretraining, the reFT learning-rate rule, and what the analysis
+diagnoses."""
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -69,27 +72,133 @@ def test_reft_lr_must_be_below_the_finetuning_lr(reft, error):
             ExperimentConfig.model_validate(data)
 
 
+def _decoded(data, tokens: np.ndarray) -> list[tuple[str, str, list[str]]]:
+    """(family, operand, text) of each encoded row, read token by token through the vocabulary."""
+    vocab = data.tasks.vocab
+    return [(vocab.decode(int(row[1])), vocab.decode(int(row[2])), [vocab.decode(int(t)) for t in row[5:-2]])
+            for row in tokens]
+
+
+def _relation_by_hand(text: list[str], n_last: int, offset: int) -> bool:
+    last = text[len(text) - n_last:]
+    return last.count("b") == last.count("a") + offset
+
+
+@pytest.mark.parametrize("offset", [1, -2])
+def test_held_out_sets_exclude_and_include_the_planted_relation(offset):
+    """C_Te = 0: count(b) = count(a) + q holds on no example; C_Te = 1: on every one; plain strings: by
+    chance, between the two. Recomputed from the decoded tokens, and the labels are the true counts."""
+    cfg = _cfg(spurious_offset=offset)
+    data = setting_for(cfg).tasks(cfg)
+    sets = data.eval_sets(400, np.random.default_rng(5))
+    assert {"pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious", "pt_acc_plain", "ft_acc_plain"} <= set(sets)
+    rates = {}
+    for key, (tokens, answers) in sets.items():
+        if key == "mix_acc":
+            continue
+        rows = _decoded(data, tokens)
+        operand = "a" if key.startswith("pt_") else "b"
+        assert {(family, op) for family, op, _ in rows} == {("<counter>", operand)}
+        assert [data.tasks.vocab.decode(int(a)) for a in answers] == [str(t[-8:].count(operand)) for _, _, t in rows]
+        rates[key] = np.mean([_relation_by_hand(text, 8, offset) for _, _, text in rows])
+    assert rates["pt_acc"] == rates["ft_acc"] == 0.0
+    assert rates["pt_acc_spurious"] == rates["ft_acc_spurious"] == 1.0
+    assert 0.05 < rates["pt_acc_plain"] < 0.6 and 0.05 < rates["ft_acc_plain"] < 0.6  # C_Te = 0 had some to drop
+    # O_PT and O_FT are asked about the same strings on C_Te = 0 (the relation is the string's)
+    assert (sets["pt_acc"][0][:, 5:] == sets["ft_acc"][0][:, 5:]).all()
+
+
+def test_plain_sets_are_the_old_c_te_0_sets():
+    """Same seed, same arrays: the plain sets are what C_Te = 0 was before it excluded the relation (and
+    C_Te = 1 and the mixture are drawn as before); rebuilt here the old way, draw by draw."""
+    cfg = _cfg()
+    data = setting_for(cfg).tasks(cfg)
+    sets = data.eval_sets(200, np.random.default_rng(cfg.eval.seed))
+    rng = np.random.default_rng(cfg.eval.seed)
+    old_pt, old_ft = data.batch("capability", 200, rng), data.batch("target", 200, rng)
+    correlated = data.tasks.plant(data.tasks.texts(200, rng), data.target, data.capability, 1, rng)
+    old_mix = data.batch("pretrain", 200, rng)
+    expected = {"pt_acc_plain": old_pt, "ft_acc_plain": old_ft, "mix_acc": old_mix,
+                "pt_acc_spurious": data.tasks.labelled(correlated, data.capability),
+                "ft_acc_spurious": data.tasks.labelled(correlated, data.target)}
+    for key, (tokens, answers) in expected.items():
+        assert np.array_equal(sets[key][0], tokens) and np.array_equal(sets[key][1], answers), key
+    again = data.eval_sets(200, np.random.default_rng(cfg.eval.seed))  # C_Te = 0 is seeded too
+    assert all(np.array_equal(again[k][i], sets[k][i]) for k in sets for i in (0, 1))
+    # ... and the Scr.+FT control, whose pretraining set draws differently, has the same C_Te = 0
+    control = setting_for(cfg).control_config(cfg)
+    theirs = setting_for(control).tasks(control).eval_sets(200, np.random.default_rng(cfg.eval.seed))
+    assert not np.array_equal(theirs["mix_acc"][0], sets["mix_acc"][0])
+    assert all(np.array_equal(theirs[k][i], sets[k][i]) for k in ("pt_acc", "ft_acc") for i in (0, 1))
+
+
+def test_without_a_planted_relation_the_sets_are_unchanged():
+    """The indexer plants no relation: C_Te = 0 stays the plain strings, no C_Te = 1, no plain copy."""
+    cfg = _cfg(spurious_fraction=0.0, task={"family": "index_of_occurrence", "operand": "b"})
+    setting = setting_for(cfg)
+    data = setting.tasks(cfg)
+    sets = data.eval_sets(100, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    old = {"pt_acc": data.batch("capability", 100, rng), "ft_acc": data.batch("target", 100, rng),
+           "mix_acc": data.batch("pretrain", 100, rng)}
+    assert set(sets) == set(old) and all(np.array_equal(sets[k][i], old[k][i]) for k in old for i in (0, 1))
+    assert data.relation_holds(sets["pt_acc"][0]) is None
+    assert not any(k.startswith("floor.relation.") for k in setting.floors(cfg, setting.build_model(cfg)))
+
+
+def test_floors_equal_a_brute_force_count():
+    """floor.modal: the most common label's share (collections.Counter); floor.relation: the relation
+    recomputed string by string; floor.random_init: a fresh model of the seed, evaluated by hand. And
+    computing them leaves torch's RNG alone (a stage that logs them trains as before)."""
+    cfg = _cfg()
+    setting = setting_for(cfg)
+    data = setting.tasks(cfg)
+    torch.manual_seed(0)
+    model = setting.build_model(cfg)
+    state = torch.get_rng_state()
+    floors = setting.floors(cfg, model)
+    assert torch.equal(state, torch.get_rng_state())
+    from wrapperdist.models import random_like
+
+    fresh = random_like(model, cfg.seed + 1).eval()
+    sets = setting.eval_tensors(cfg)
+    assert set(sets) == set(setting.eval_metrics)
+    for key, (tokens, answers) in sets.items():
+        labels = answers.tolist()
+        assert floors[f"floor.modal.{key}"] == Counter(labels).most_common(1)[0][1] / len(labels), key
+        texts = [text for _, _, text in _decoded(data, tokens.numpy())]
+        assert floors[f"floor.relation.{key}"] == np.mean([_relation_by_hand(t, 8, 1) for t in texts]), key
+        with torch.no_grad():
+            said = [int(fresh(row[None])[0, -1].argmax()) for row in tokens]
+        assert floors[f"floor.random_init.{key}"] == np.mean([s == a for s, a in zip(said, labels, strict=True)])
+    assert floors["floor.relation.pt_acc"] == 0.0 and floors["floor.relation.pt_acc_spurious"] == 1.0
+    assert 0.0 < floors["floor.relation.pt_acc_plain"] < 1.0
+
+
 def test_answer_breakdown_tells_a_wrapper_from_a_counter():
     """An oracle that answers count(b) on count-a prompts is all `count_ft`; one that answers count(a)
-    is all `count_pt`."""
+    is all `count_pt`. The prompts exclude the planted relation (C_Te = 0), so the count(b) oracle never
+    looks like count(a) + 1 and one that answers count(a) + 1 never looks like count(b)."""
     cfg = _cfg()
     data = setting_for(cfg).tasks(cfg)
 
     class Oracle(torch.nn.Module):
-        def __init__(self, task):
+        def __init__(self, task, plus=0):
             super().__init__()
-            self.task = task
+            self.task, self.plus = task, plus
 
         def forward(self, tokens, last_only=True):  # counts by hand within the last N = 8 text tokens
             vocab = data.tasks.vocab
             last = tokens[:, 5:-2][:, -8:]
-            count = (last == vocab.terminal(self.task)).sum(1)
+            count = (last == vocab.terminal(self.task)).sum(1) + self.plus
             return torch.nn.functional.one_hot(count + vocab.number_offset, vocab.size).float()
 
     counts_b = data.diagnose(Oracle(1))  # terminal id of b
     counts_a = data.diagnose(Oracle(0))
-    assert counts_b["count_ft"] == 1.0 and counts_b["count_pt"] < 0.6 and counts_b["count_pt_plus_offset"] < 0.6
+    assert counts_b["count_ft"] == 1.0 and counts_b["count_pt"] < 0.6 and counts_b["count_pt_plus_offset"] == 0.0
     assert counts_a["count_pt"] == 1.0 and counts_a["other"] == 0.0
+    planted_rule = data.diagnose(Oracle(0, plus=1))  # the shortcut: count(a) + 1
+    assert planted_rule["count_pt_plus_offset"] == 1.0 and planted_rule["count_ft"] == 0.0
     assert np.isclose(sum(v for k, v in counts_a.items() if k != "count_pt"), counts_a["count_pt_plus_offset"]
                       + counts_a["count_ft"])
 

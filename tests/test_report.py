@@ -52,6 +52,22 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
         assert re.search(r"\| (\d+( ± \d+)?|never) \(\d/2 reached\) \|", row), row  # steps, never-reached counted
         assert "| - " not in row and "/ - " not in row, row  # every analysis column filled (pruning, answers)
     assert "single C_Tr value" in text and not (folder / "spurious.png").exists()
+    # the floors beside the accuracies: the modal answer's (counted here from the held-out labels) and
+    # a random init's, under the accuracy columns; the relation's measured rate on each set
+    from collections import Counter
+
+    from wrapperdist.config import ExperimentConfig
+    from wrapperdist.settings.registry import setting_for
+
+    cfg = ExperimentConfig.model_validate(TINY)
+    held_out = setting_for(cfg).eval_tensors(cfg)
+    modal = {k: Counter(a.tolist()).most_common(1)[0][1] / len(a) for k, (_, a) in held_out.items()}
+    floor_row = next(line for line in text.splitlines() if line.startswith("| floor: modal answer |"))
+    cells = [c.strip() for c in floor_row.split("|")[1:-1]]
+    assert cells[4:9] == [f"{modal[k]:.3f}" for k in ("pt_acc", "pt_acc", "ft_acc", "ft_acc_spurious", "ft_acc_plain")]
+    init_row = next(line for line in text.splitlines() if line.startswith("| floor: random init |"))
+    assert re.search(r"\| \d\.\d{3}( ± \d\.\d{3})? \|", init_row), init_row
+    assert "C_Te=0: 0.000, C_Te=1: 1.000, plain: 0." in text
     # the report lives on the sweep's MLflow run too: figures as artifacts, the report as its description
     client = mlflow.MlflowClient()
     sweep = mlflow.search_runs(experiment_names=["rep"], output_format="list",
@@ -63,6 +79,13 @@ def test_report_from_a_real_sweep(tmp_path, monkeypatch):
     analyses = mlflow.search_runs(experiment_names=["rep"], output_format="list",
                                   filter_string="tags.`wrapperdist.stage` = 'analysis'")
     assert len(analyses) == 4
+    pretrains = mlflow.search_runs(experiment_names=["rep"], output_format="list",
+                                   filter_string="tags.`wrapperdist.stage` = 'pretrain'")
+    for run in [*pretrains, *runs, *analyses]:  # the floors on every pretrain, fine-tune and analysis run
+        assert run.data.metrics["floor.modal.ft_acc"] == modal["ft_acc"]
+        assert run.data.metrics["floor.relation.ft_acc"] == 0.0
+        assert run.data.metrics["floor.relation.ft_acc_spurious"] == 1.0
+        assert "floor.random_init.pt_acc" in run.data.metrics
     for run in analyses:  # the compare view needs every key on every run
         assert {"verdict_wrapper", "verdict_reft_faster", "evidence.probe_gap", "evidence.reft_reached_finetuned",
                 "evidence.reft_final_pt_acc_finetuned", "evidence.reft_final_pt_acc_control"} <= set(run.data.metrics)
@@ -103,3 +126,13 @@ def test_tab5_analogue_from_the_same_kind_of_sweep(tmp_path, monkeypatch, capsys
     assert row.count(" / ") == 4 and "9.7 / " in row and "99.9 / " in row  # eta_L (1e-3 here), C_Tr 0.5
     ours = next(f for f in fts if f.lr == 1e-3).metrics["ft_acc"]
     assert row.split("|")[6].strip().endswith(f"/ {100 * ours:.1f}")  # one seed: no (zero-width) interval
+    plain = next(f for f in fts if f.lr == 1e-3).metrics["ft_acc_plain"]
+    assert row.split("|")[9].strip() == f"{100 * plain:.1f}"  # ours only: the paper has no plain set
+    # floor rows under both tables (analyze: false, so from the fine-tunes' step-0 floors)
+    modal = fts[0].metrics
+    floors = [line for line in lines if line.startswith("| floor: ")]
+    assert len(floors) == 4, floors
+    assert floors[0] == (f"| floor: modal answer | {100 * modal['floor.modal.pt_acc']:.1f} | "
+                         f"{100 * modal['floor.modal.ft_acc']:.1f} |")
+    assert floors[2].split("|")[4].strip() == f"{100 * modal['floor.modal.pt_acc']:.1f}"
+    assert any(line.startswith("The planted relation holds") and "C_Te=0: 0.000" in line for line in lines)

@@ -189,6 +189,87 @@ def test_planted_correlation(program, tokens, pt, ft, q, lengths):
         assert shift == q
 
 
+def _relation_by_hand(program: str, seq: list[str], tokens, pt: str, ft: str, q: int) -> bool:
+    """r(x, O_FT) - r(x, O_PT) = q, written out again: counts, or alphabet indices of ranked letters."""
+    if program == "counter":
+        return seq.count(ft) - seq.count(pt) == q
+    ranked = sorted(seq, key=list(tokens).index)  # earlier letters are larger: the largest first
+    return list(tokens).index(ranked[int(ft) - 1]) - list(tokens).index(ranked[int(pt) - 1]) == q
+
+
+def _decoded(vocab, tokens: np.ndarray) -> list[list[str]]:
+    return [[vocab.decode(int(t)) for t in row if vocab.decode(int(t)) not in ("BOS", "PAD")] for row in tokens]
+
+
+@pytest.mark.parametrize("program,tokens,pt,ft,q,lengths", [("counter", LETTERS_AI, "a", "b", 1, (1, 16)),
+                                                            ("counter", LETTERS_AI, "c", "a", -2, (3, 16)),
+                                                            ("max_identifier", LETTERS_AZ, "5", "6", 1, (10, 10)),
+                                                            ("max_identifier", LETTERS_AZ, "5", "7", 3, (7, 12))])
+def test_held_out_sets_exclude_and_include_the_relation(program, tokens, pt, ft, q, lengths):
+    """C_Te = 0: the relation holds on no example; C_Te = 1: on every one; plain: by chance, between.
+    Recomputed from the decoded tokens; labels are the true answers; the plain sets are the old C_Te = 0
+    sets (same seed, same arrays, rebuilt the old way)."""
+    from wrapperdist.settings.tracr.setting import TracrData
+
+    section = TracrSection(program=program, tokens=list(tokens), pretrain_target=pt, finetune_target=ft,
+                           min_len=lengths[0], max_len=lengths[1], spurious_offset=q)
+    data = TracrData(section)
+    sets = data.eval_sets(300, np.random.default_rng(4))
+    vocab = data.tasks.vocab
+    rates = {}
+    for key, (encoded, answers) in sets.items():
+        seqs = _decoded(vocab, encoded)
+        assert all(lengths[0] <= len(s) <= lengths[1] for s in seqs)
+        target = TracrTarget(program, pt if key.startswith("pt_") else ft)
+        assert [vocab.answers[a] for a in answers] == [reference_answer(target, s, tokens) for s in seqs]
+        rates[key] = np.mean([_relation_by_hand(program, s, tokens, pt, ft, q) for s in seqs])
+    assert rates["pt_acc"] == rates["ft_acc"] == 0.0
+    assert rates["pt_acc_spurious"] == rates["ft_acc_spurious"] == 1.0
+    assert 0.0 < rates["pt_acc_plain"] < 1.0 and 0.0 < rates["ft_acc_plain"] < 1.0
+    rng = np.random.default_rng(4)
+    old = {"pt_acc_plain": data.batch("capability", 300, rng), "ft_acc_plain": data.batch("target", 300, rng)}
+    planted = data.planted(300, rng)
+    old |= {"pt_acc_spurious": data.tasks.labelled(planted, data.capability),
+            "ft_acc_spurious": data.tasks.labelled(planted, data.target)}
+    for key, (encoded, answers) in old.items():
+        assert np.array_equal(sets[key][0], encoded) and np.array_equal(sets[key][1], answers), key
+
+
+def test_an_empty_c_te_0_is_an_error_not_a_loop():
+    """Every letter in every sequence: the 5th and 6th largest are always neighbours, nothing fails q = 1."""
+    tasks = TracrTasks(tracr_vocab("max_identifier", list("abcdefgh"), 8), list("abcdefgh"), 8, 8, replacement=False)
+    with pytest.raises(ValueError, match="holds on almost every sequence"):
+        tasks.sample_without(10, np.random.default_rng(0), TracrTarget("max_identifier", "5"),
+                             TracrTarget("max_identifier", "6"), 1, max_rounds=3)
+
+
+def test_tracr_floors_equal_a_brute_force_count():
+    """floor.modal by collections.Counter over the labels, floor.relation recomputed sequence by
+    sequence, floor.random_init from a fresh model of the compiled one's shape."""
+    from collections import Counter
+
+    from wrapperdist.models import random_like
+    from wrapperdist.train import answer_accuracy
+
+    cfg = ExperimentConfig.model_validate(TRACR)
+    setting = setting_for(cfg)
+    model = to_torch(compiled("counter", "a", ("a", "b", "c"), 6))
+    floors = setting.floors(cfg, model)
+    sets = setting.eval_tensors(cfg)
+    assert set(sets) == set(setting.eval_metrics)
+    vocab = setting.tasks(cfg).tasks.vocab
+    fresh = random_like(model, cfg.seed + 1)
+    for key, (encoded, answers) in sets.items():
+        labels = answers.tolist()
+        assert floors[f"floor.modal.{key}"] == Counter(labels).most_common(1)[0][1] / len(labels)
+        held = [_relation_by_hand("counter", s, "abc", "a", "b", 1) for s in _decoded(vocab, encoded.numpy())]
+        assert floors[f"floor.relation.{key}"] == np.mean(held)
+        assert floors[f"floor.random_init.{key}"] == answer_accuracy(fresh, encoded, answers)
+    assert floors["floor.relation.pt_acc"] == 0.0 and floors["floor.relation.pt_acc_spurious"] == 1.0
+    assert 0.0 < floors["floor.relation.pt_acc_plain"] < 1.0
+    assert setting.evaluator(cfg)(model)["pt_acc"] == 1.0  # the compiled Counter, on C_Te = 0 too
+
+
 def test_single_weight_pruning_removes_a_planted_weight():
     """Plant one weight that makes the compiled Counter answer 0 everywhere (block 2's broadcast head
     reads the constant `one` direction into its count-0 value): Alg. 3 on single weights ranks it

@@ -123,6 +123,10 @@ class Setting(Protocol):
     def evaluator(self, cfg: ExperimentConfig, keys: tuple[str, ...] | None = None) -> Evaluator:
         """Fixed held-out evaluation (all of `eval_metrics`, or only `keys`)."""
 
+    def floors(self, cfg: ExperimentConfig, model: HookedModule) -> dict[str, float]:
+        """What each evaluation metric must beat (e.g. `floor.modal.pt_acc`), logged at step 0 of
+        pretraining and fine-tuning; `model` gives the shape of the random-init floor. May be {}."""
+
     def checkpoint_meta(self, cfg: ExperimentConfig) -> dict[str, Any]:
         """What a checkpoint must carry beyond weights and config (e.g. the tokenizer)."""
 

@@ -32,6 +32,7 @@ def run_pretrain(setting: Setting, cfg: ExperimentConfig, out_dir: Path, sink: S
     if compiled is not None:  # not training: evaluate and save the program's weights
         metrics = setting.evaluator(cfg)(compiled)
         sink.log_metrics({"num_params": float(compiled.num_params()), **metrics}, 0)
+        sink.log_metrics(setting.floors(cfg, compiled), 0)
         meta = checkpoint_meta(setting, cfg, compiled, "pretrain")
         path = save_checkpoint(Path(out_dir) / "model.pt", compiled, meta)
         return StageOutput(path, metrics)
@@ -41,6 +42,7 @@ def run_pretrain(setting: Setting, cfg: ExperimentConfig, out_dir: Path, sink: S
     model = setting.build_model(cfg).to(runtime.device)
     if dist.is_main:
         sink.log_metrics({"num_params": float(model.num_params())}, 0)
+        sink.log_metrics(setting.floors(cfg, model), 0)  # leaves torch's RNG as it was: training is unchanged
     result = train(
         dist.wrap(model), setting.batches(cfg, "pretrain", optim.batch_size, dist), optim, sink,
         evaluate=setting.evaluator(cfg), checkpoint_path=Path(out_dir) / "model.pt",
@@ -56,6 +58,8 @@ def run_finetune(setting: Setting, cfg: ExperimentConfig, init_checkpoint: Path,
     runtime.apply()
     dist = runtime.dist
     model, meta = load_model(init_checkpoint)
+    if dist.is_main:  # on the fine-tune run too, which the sweep's tables read
+        sink.log_metrics(setting.floors(cfg, model), 0)
     torch.manual_seed(cfg.seed)
     setting.prepare_finetune(cfg, model, str(init_checkpoint))
     model.to(runtime.device)

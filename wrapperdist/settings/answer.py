@@ -26,6 +26,7 @@ from wrapperdist.setting import (
 )
 from wrapperdist.settings.answer_analysis import analyze_answers
 from wrapperdist.settings.answer_data import STREAMS, TRAINING_DATA, AnswerTasks, Which, stream
+from wrapperdist.settings.floors import answer_floors, fresh_model, random_init_seed
 from wrapperdist.sink import Sink
 from wrapperdist.train import answer_accuracy, loss_on_batch
 from wrapperdist.train.distributed import IN_PROCESS, Distributed
@@ -87,6 +88,12 @@ class AnswerSetting:
             return {name: answer_accuracy(model, tokens, answers) for name, (tokens, answers) in sets.items()}
 
         return evaluate
+
+    def floors(self, cfg: ExperimentConfig, model: torch.nn.Module) -> dict[str, float]:
+        """The floors of every held-out set (`settings/floors.py`): the modal answer, the planted
+        relation's rate (where the tasks define `relation_holds`) and a random init shaped like `model`."""
+        relation = getattr(self.tasks(cfg), "relation_holds", None)  # optional: a plug-in's tasks may plant none
+        return answer_floors(self.eval_tensors(cfg), relation, fresh_model(model, random_init_seed(cfg)))
 
     def checkpoint_meta(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {}

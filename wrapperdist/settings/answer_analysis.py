@@ -44,8 +44,10 @@ from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure, weight_change_figure
 from wrapperdist.setting import AnalysisModels, Evaluator, Runtime
 from wrapperdist.settings.answer_data import AnswerSettingLike, AnswerTasks
+from wrapperdist.settings.floors import answer_floors, random_init_seed
 from wrapperdist.sink import MemorySink, PrefixSink, Sink
 from wrapperdist.stages import reft_lr, reft_optim, run_reft
+from wrapperdist.train import answer_accuracy
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
 REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
@@ -264,7 +266,11 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     curves, learned, first_pruned = _pruning(setting, cfg, tasks, finetuned, evaluate, sink)
     figures["pruning"] = pruning_figure(curves, f"pruning the fine-tuned model ({cfg.name})", setting.eval_metrics)
 
-    random_init = random_like(pretrained, cfg.seed + 1)
+    random_init = random_like(pretrained, random_init_seed(cfg))
+    # what each accuracy must beat, on every held-out set (the same numbers the training stages log)
+    held_out = setting.eval_tensors(cfg)
+    set_floors = answer_floors(held_out, getattr(tasks, "relation_holds", None), random_init)
+    sink.log_metrics(set_floors, 0)
     reft_model = copy.deepcopy(finetuned)
     reft_evaluate = setting.evaluator(cfg, setting.reft_eval_keys)
     reft_curves = _reft_curves(setting, cfg, reft_model, models.control, random_init, reft_evaluate, sink, runtime)
@@ -293,6 +299,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     verdict = judge(evidence, v.prune_min_gain, v.probe_margin, v.reft_speedup)
     report = render_report(setting.describe(cfg), cfg, evidence, verdict, curves, probes, floors, reft_steps, shift,
                            len(learned.removed) if learned else None, answers, first_pruned)
+    report += floors_markdown(set_floors, {k: answer_accuracy(finetuned, *xy) for k, xy in held_out.items()})
     report += weight_change_markdown(changes, top_units)
     reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=False)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
@@ -347,7 +354,25 @@ def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: V
     for layer, row in enumerate(shift.tolist()):
         lines.append(f"- layer {layer}: " + ", ".join(f"head {h} {x:.2f}" for h, x in enumerate(row)))
     if answers:
-        lines += ["", "## What the fine-tuned model answers on O_PT prompts (C_Te = 0; shares may overlap)", "",
+        lines += ["", "## What the fine-tuned model does on O_PT prompts (the setting's diagnosis; shares may overlap)",
+                  "",
                   *(f"- {k}: {x:.3f}" for k, x in answers.items())]
     lines += ["", "Figures: pruning.png, probes.png, reft.png, attention.png"]
+    return "\n".join(lines) + "\n"
+
+
+def floors_markdown(set_floors: dict[str, float], finetuned: dict[str, float]) -> str:
+    """The fine-tuned model's accuracy on each held-out set beside what it must beat."""
+    keys = [k.removeprefix("floor.modal.") for k in set_floors if k.startswith("floor.modal.")]
+
+    def cell(kind: str, key: str) -> str:
+        value = set_floors.get(f"floor.{kind}.{key}")
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = ["", "## Floors (what each accuracy must beat; `floor.*` metrics)", "",
+             "| set | fine-tuned | modal answer | random init | planted relation holds on |", "|---|---|---|---|---|"]
+    for key in keys:
+        ours = f"{finetuned[key]:.3f}" if key in finetuned else "-"
+        floors = " | ".join(cell(kind, key) for kind in ("modal", "random_init", "relation"))
+        lines.append(f"| {key} | {ours} | {floors} |")
     return "\n".join(lines) + "\n"

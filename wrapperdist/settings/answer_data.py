@@ -12,16 +12,19 @@ import torch
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.setting import Batch, DataStage, Setting
 
-# capability: the pretraining capability (O_PT) alone; target: the fine-tuning task on unbiased data
-# (C_Te = 0); finetune: the fine-tuning distribution (with the setting's planted correlation, C_Tr);
-# pretrain: the pretraining distribution.
+# capability: the pretraining capability (O_PT) alone; target: the fine-tuning task, both on plain
+# data (the held-out C_Te = 0 sets exclude the planted relation; these streams do not); finetune: the
+# fine-tuning distribution (with the setting's planted correlation, C_Tr); pretrain: the pretraining
+# distribution.
 Which = Literal["capability", "target", "finetune", "pretrain"]
 STREAMS = {"pretrain": 1, "finetune": 2, "reft": 3}  # distinct seed streams per stage
 TRAINING_DATA: dict[DataStage, Which] = {"pretrain": "pretrain", "finetune": "finetune", "reft": "capability"}
 
 
 class AnswerTasks(Protocol):
-    """A setting's data, built once per stream or evaluation."""
+    """A setting's data, built once per stream or evaluation. Optionally also
+    `relation_holds(tokens) -> bool array | None`: per encoded example, whether the setting's planted
+    relation holds (the relation floors, `settings/floors.py`); a setting without one leaves it out."""
 
     def batch(self, which: Which, n: int, rng: np.random.Generator) -> Batch: ...
 

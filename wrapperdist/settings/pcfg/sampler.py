@@ -108,6 +108,36 @@ class PCFGTasks:
             texts[todo] = self.texts(todo.size, rng)
         raise ValueError(f"{task} = {partner} + {offset} could not be planted in the last {self.count_window} tokens")
 
+    def relation_holds(self, texts: np.ndarray, task: TaskSpec, partner: TaskSpec, offset: int) -> np.ndarray:
+        """Per row, whether the planted relation count(task) = count(partner) + offset holds within the
+        last N positions (paper §2.4): the property C_Te = 1 has on every row and C_Te = 0 on none."""
+        if task.family is not Family.counter or partner.family is not Family.counter:
+            raise ValueError("the planted relation is defined for the counter only")
+        window = texts[:, -self.count_window:]
+        want, have = terminal_index(task.operand), terminal_index(partner.operand)
+        return (window == want).sum(1) == (window == have).sum(1) + offset
+
+    def texts_without(self, n: int, rng: np.random.Generator, task: TaskSpec, partner: TaskSpec, offset: int,
+                      max_rounds: int = 64) -> np.ndarray:
+        """`n` plain windows on which the planted relation does NOT hold (the paper's C_Te = 0: its
+        Tab. 5 reports O_FT ≈ 0 on C_Te = 0 for the models that learnt count(a) + 1, impossible on plain
+        text, where the relation holds by chance on ~1 string in 4 at N = 16). Rejection sampling: plain
+        windows are drawn, those on which the relation holds are dropped. That is exactly the grammar's
+        distribution conditioned on the relation failing; editing tokens to break it (as `plant` does to
+        make it) would move the strings off the grammar and bias the counts. Seeded by `rng`; each round
+        draws `n` windows and keeps ~3 in 4, so a few rounds suffice; a grammar on which the relation
+        (almost) always holds is an error, not an endless loop."""
+        kept, have = [], 0
+        for _ in range(max_rounds):
+            texts = self.texts(n, rng)
+            texts = texts[~self.relation_holds(texts, task, partner, offset)]
+            kept.append(texts)
+            have += len(texts)
+            if have >= n:
+                return np.concatenate(kept)[:n]
+        raise ValueError(f"{task} = {partner} + {offset} holds on almost every window of the last "
+                         f"{self.count_window} tokens: {have} of {n * max_rounds} draws failed it, {n} needed")
+
     def texts_of(self, tokens: np.ndarray) -> np.ndarray:
         """The terminal ids of encoded examples' texts (the inverse of the layout's text slot)."""
         return tokens[:, 5:-2] - self.vocab.terminal_offset

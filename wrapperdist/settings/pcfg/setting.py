@@ -52,26 +52,53 @@ class PCFGData:
         return self.tasks.mixture_batch(n, rng, self.family_weights, self.prior)
 
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
-        """O_PT and O_FT on C_Te = 0 (plain strings) and C_Te = 1 (the planted relation holds), and the
-        pretraining distribution."""
-        sets = {"pt_acc": self.batch("capability", n, rng), "ft_acc": self.batch("target", n, rng)}
-        if self.counts:  # the planted relation (C_Te = 1) is defined for the counter only
-            correlated = self.tasks.plant(self.tasks.texts(n, rng), self.target, self.capability,
-                                          self.section.spurious_offset, rng)
-            sets |= {"pt_acc_spurious": self.tasks.labelled(correlated, self.capability),
-                     "ft_acc_spurious": self.tasks.labelled(correlated, self.target)}
-        return {**sets, "mix_acc": self.batch("pretrain", n, rng)}
+        """O_PT and O_FT on C_Te = 0 (the planted relation fails: `texts_without`), on C_Te = 1 (it
+        holds: planted) and on plain strings (`_plain`: it holds by chance), and the pretraining
+        distribution. Where no relation is planted (not two counters) C_Te = 0 is the plain strings.
+
+        The draws keep their old order, so a seed gives the same plain, C_Te = 1 and mixture sets as
+        before C_Te = 0 excluded the relation. C_Te = 0 comes from a child stream of `rng` (spawning
+        draws nothing from it), so it does not depend on what the other sets draw: the Scr.+FT control,
+        whose pretraining set is drawn otherwise, gets the same C_Te = 0. O_PT and O_FT share the
+        strings of C_Te = 0 and of C_Te = 1 (the relation is a property of the string), not of the
+        plain sets."""
+        (free_rng,) = rng.spawn(1)
+        plain = {"pt_acc": self.batch("capability", n, rng), "ft_acc": self.batch("target", n, rng)}
+        if not self.counts:  # the planted relation (C_Te = 1) is defined for the counter only
+            return {**plain, "mix_acc": self.batch("pretrain", n, rng)}
+        relation = (self.target, self.capability, self.section.spurious_offset)
+        correlated = self.tasks.plant(self.tasks.texts(n, rng), *relation, rng)
+        mixture = self.batch("pretrain", n, rng)
+        free = self.tasks.texts_without(n, free_rng, *relation)
+        return {"pt_acc": self.tasks.labelled(free, self.capability), "ft_acc": self.tasks.labelled(free, self.target),
+                "pt_acc_spurious": self.tasks.labelled(correlated, self.capability),
+                "ft_acc_spurious": self.tasks.labelled(correlated, self.target),
+                "pt_acc_plain": plain["pt_acc"], "ft_acc_plain": plain["ft_acc"], "mix_acc": mixture}
+
+    def relation_holds(self, tokens: np.ndarray) -> np.ndarray | None:
+        """Per encoded example, whether count(O_FT) = count(O_PT) + offset holds in its text; None where
+        no relation is planted."""
+        if not self.counts:
+            return None
+        return self.tasks.relation_holds(self.tasks.texts_of(tokens), self.target, self.capability,
+                                         self.section.spurious_offset)
 
     def diagnose(self, model: HookedModule, n: int = 1000) -> dict[str, float]:
-        """What the model answers on O_PT prompts (C_Te = 0): the share of answers equal to count(O_PT),
+        """What the model answers on O_PT prompts of C_Te = 0: the share of answers equal to count(O_PT),
         count(O_PT) + offset, count(O_FT) (a share can fall in several when counts coincide), and
-        none of them. A clean wrapper answers count(O_FT); a revivable one keeps count(O_PT) inside."""
-        tokens, answers = self.batch("capability", n, np.random.default_rng(DIAGNOSIS_SEED))
+        none of them. A clean wrapper answers count(O_FT); a revivable one keeps count(O_PT) inside.
+        The prompts exclude the planted relation (as C_Te = 0 does) so that count(O_PT) + offset and
+        count(O_FT) never coincide: on plain strings a quarter of the answers would fit both, and the
+        breakdown could not tell the planted rule from counting O_FT there."""
+        rng = np.random.default_rng(DIAGNOSIS_SEED)
+        s = self.section
+        texts = (self.tasks.texts_without(n, rng, self.target, self.capability, s.spurious_offset) if self.counts
+                 else self.tasks.texts(n, rng))
+        tokens, answers = self.tasks.labelled(texts, self.capability)
         with torch.no_grad():
             said = model.eval()(torch.from_numpy(tokens), last_only=True).argmax(-1).numpy()
-        texts = self.tasks.texts_of(tokens)
         target = self.tasks.labelled(texts, self.target)[1]
-        plus = answers + self.section.spurious_offset  # number tokens are contiguous: count + offset
+        plus = answers + s.spurious_offset  # number tokens are contiguous: count + offset
         shares = {"count_pt": said == answers, "count_pt_plus_offset": said == plus, "count_ft": said == target}
         other = ~(shares["count_pt"] | shares["count_pt_plus_offset"] | shares["count_ft"])
         return {**{k: float(v.mean()) for k, v in shares.items()}, "other": float(other.mean())}
@@ -92,10 +119,12 @@ class PCFGData:
 class PCFGSetting(AnswerSetting):
     name = "pcfg"
     eval_metrics = {
-        "pt_acc": EvalMetric("pretraining task (count O_PT), C_Te=0"),
-        "ft_acc": EvalMetric("fine-tuning task (count O_FT), C_Te=0"),
-        "pt_acc_spurious": EvalMetric("pretraining task, C_Te=1"),
-        "ft_acc_spurious": EvalMetric("fine-tuning task, C_Te=1"),
+        "pt_acc": EvalMetric("pretraining task (count O_PT), C_Te=0 (relation fails)"),
+        "ft_acc": EvalMetric("fine-tuning task (count O_FT), C_Te=0 (relation fails)"),
+        "pt_acc_spurious": EvalMetric("pretraining task, C_Te=1 (relation holds)"),
+        "ft_acc_spurious": EvalMetric("fine-tuning task, C_Te=1 (relation holds)"),
+        "pt_acc_plain": EvalMetric("pretraining task, plain strings (relation by chance)"),
+        "ft_acc_plain": EvalMetric("fine-tuning task, plain strings (relation by chance)"),
         "mix_acc": EvalMetric("pretraining mixture"),
     }
     analysis_eval_keys = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious")

@@ -97,6 +97,9 @@ class StoriesSetting:
             return evaluate
         return lambda model: {k: v for k, v in evaluate(model).items() if k in keys}
 
+    def floors(self, cfg: ExperimentConfig, model: HookedModule) -> dict[str, float]:
+        return {}  # generation rates and losses: no answer set whose modal answer or relation means anything
+
     def checkpoint_meta(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {"tokenizer": build_tokenizer(StoriesSection.of(cfg)).to_str()}
 

@@ -26,7 +26,7 @@ DIAGNOSIS_SEED, DIAGNOSIS_PROMPTS = 7_000_021, 200  # disjoint from training, ev
 class TracrData:
     """Random sequences over the program's tokens, labelled by the compiled target or the fine-tuning
     one; the fine-tuning stream carries the planted correlation at C_Tr, and the held-out sets are
-    C_Te = 0 (plain) and C_Te = 1 (every example planted)."""
+    C_Te = 0 (the relation fails on every example), C_Te = 1 (it holds on every one) and plain."""
 
     def __init__(self, s: TracrSection):
         self.section = s
@@ -50,10 +50,22 @@ class TracrData:
         raise ValueError("the Tracr setting compiles its pretrained model: there is no pretraining stream")
 
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
-        sets = {"pt_acc": self.batch("capability", n, rng), "ft_acc": self.batch("target", n, rng)}
+        """C_Te = 0 (the relation fails), C_Te = 1 (it holds) and plain sequences (`_plain`: by chance).
+        The draws keep their old order (plain, planted), so a seed gives the same plain and C_Te = 1
+        sets as before C_Te = 0 excluded the relation; C_Te = 0 comes from a child stream of `rng`
+        (spawning draws nothing from it), as in the PCFG setting."""
+        (free_rng,) = rng.spawn(1)
+        plain = {"pt_acc_plain": self.batch("capability", n, rng), "ft_acc_plain": self.batch("target", n, rng)}
         planted = self.planted(n, rng)
-        return sets | {"pt_acc_spurious": self.tasks.labelled(planted, self.capability),
-                       "ft_acc_spurious": self.tasks.labelled(planted, self.target)}
+        free = self.tasks.sample_without(n, free_rng, self.capability, self.target, self.section.spurious_offset)
+        return {"pt_acc": self.tasks.labelled(free, self.capability), "ft_acc": self.tasks.labelled(free, self.target),
+                "pt_acc_spurious": self.tasks.labelled(planted, self.capability),
+                "ft_acc_spurious": self.tasks.labelled(planted, self.target), **plain}
+
+    def relation_holds(self, tokens: np.ndarray) -> np.ndarray:
+        """Per encoded example, whether r(x, O_FT) - r(x, O_PT) = q holds."""
+        return self.tasks.relation_holds(self.tasks.sequences_of(tokens), self.capability, self.target,
+                                         self.section.spurious_offset)
 
     def answer_classes(self) -> int:
         return len(self.tasks.vocab.answers)
@@ -75,10 +87,12 @@ class TracrSetting(AnswerSetting):
     name = "tracr"
     pruning_unit = "weights"  # the paper prunes single weights of the compiled models (App. D)
     eval_metrics = {
-        "pt_acc": EvalMetric("compiled target (O_PT), C_Te=0"),
-        "ft_acc": EvalMetric("fine-tuning target (O_FT), C_Te=0"),
-        "pt_acc_spurious": EvalMetric("compiled target (O_PT), C_Te=1"),
-        "ft_acc_spurious": EvalMetric("fine-tuning target (O_FT), C_Te=1"),
+        "pt_acc": EvalMetric("compiled target (O_PT), C_Te=0 (relation fails)"),
+        "ft_acc": EvalMetric("fine-tuning target (O_FT), C_Te=0 (relation fails)"),
+        "pt_acc_spurious": EvalMetric("compiled target (O_PT), C_Te=1 (relation holds)"),
+        "ft_acc_spurious": EvalMetric("fine-tuning target (O_FT), C_Te=1 (relation holds)"),
+        "pt_acc_plain": EvalMetric("compiled target (O_PT), plain sequences (relation by chance)"),
+        "ft_acc_plain": EvalMetric("fine-tuning target (O_FT), plain sequences (relation by chance)"),
     }
     analysis_eval_keys = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious")
 

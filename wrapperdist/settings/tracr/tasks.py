@@ -10,8 +10,9 @@ The correlation, r(x, O_FT) - r(x, O_PT) = q:
 - Max-identifier: r(x, k) = the alphabet index of the k-th largest token (earlier letters are larger),
   so with q = 1 and O_FT = O_PT + 1 the O_FT-th largest is the letter right after the O_PT-th.
 A planted sequence is drawn from the uniform distribution *conditioned* on the relation (exactly, by
-weighting every feasible count or index by its number of sequences), so C_Te = 1 differs from C_Te = 0
-in the relation alone."""
+weighting every feasible count or index by its number of sequences), and a C_Te = 0 sequence from the
+uniform distribution conditioned on its failing (rejection), so C_Te = 1 differs from C_Te = 0 in the
+relation alone; plain sequences hold it by chance."""
 
 from __future__ import annotations
 
@@ -162,6 +163,34 @@ class TracrTasks:
                   *rng.choice(np.arange(j + 1, n), length - r2, replace=False)]
         return [self.tokens[int(c)] for c in rng.permutation(chosen)]
 
+    def relation_holds(self, sequences: list[list[str]], pt: TracrTarget, ft: TracrTarget, q: int) -> np.ndarray:
+        """Per sequence, whether r(x, O_FT) - r(x, O_PT) = q (the planted relation)."""
+        return np.array([relation_value(pt, ft, s, self.tokens) == q for s in sequences], dtype=bool)
+
+    def sample_without(self, n: int, rng: np.random.Generator, pt: TracrTarget, ft: TracrTarget, q: int,
+                       max_rounds: int = 64) -> list[list[str]]:
+        """n sequences from the uniform distribution conditioned on the relation NOT holding (the
+        paper's C_Te = 0: its Tab. 3 reports O_FT at 0.2-2.3 % on C_Te = 0 where O_FT is ~100 on C_Te = 1,
+        impossible on plain sequences, where the Counter's relation holds by chance on ~1 in 5).
+        Rejection sampling: plain sequences are drawn and those on which the relation holds dropped,
+        which is exactly that conditional (as `sample_planted` is exactly the other one). Seeded by
+        `rng`; bounded: a layout on which the relation always holds (e.g. every token in every
+        sequence of the max-identifier) is an error, not an endless loop."""
+        kept: list[list[str]] = []
+        for _ in range(max_rounds):
+            drawn = self.sample(n, rng)
+            kept += [s for s, holds in zip(drawn, self.relation_holds(drawn, pt, ft, q), strict=True) if not holds]
+            if len(kept) >= n:
+                return kept[:n]
+        raise ValueError(f"r({ft.arg}) - r({pt.arg}) = {q} holds on almost every sequence of lengths "
+                         f"{self.min_len}-{self.max_len}: {len(kept)} of {n * max_rounds} draws failed it, {n} needed")
+
+    def sequences_of(self, tokens: np.ndarray) -> list[list[str]]:
+        """The sequences of encoded rows (the inverse of `encode`: PAD and BOS dropped)."""
+        names = {i: t for t, i in self.vocab.token_ids.items()}
+        skip = {self.vocab.token_ids[self.vocab.pad], self.vocab.token_ids[self.vocab.bos]}
+        return [[names[int(i)] for i in row if int(i) not in skip] for row in tokens]
+
     def encode(self, sequences: list[list[str]]) -> np.ndarray:
         out = np.full((len(sequences), self.seq_len), self.vocab.token_ids[self.vocab.pad], dtype=np.int64)
         for row, seq in enumerate(sequences):
@@ -175,7 +204,7 @@ class TracrTasks:
         return self.encode(sequences), np.array(answers, dtype=np.int64)
 
     def task_batch(self, n: int, rng: np.random.Generator, task: TracrTarget) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens (n, seq_len), answer class (n,)) for random sequences (C_Te = 0)."""
+        """(tokens (n, seq_len), answer class (n,)) for plain random sequences."""
         return self.labelled(self.sample(n, rng), task)
 
     def mixed(self, n: int, rng: np.random.Generator, pt: TracrTarget, ft: TracrTarget, q: int,
