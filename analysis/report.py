@@ -326,7 +326,8 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
              "plain: the strings as drawn (the relation holds by chance). The floor rows: the accuracy of always "
              "giving the set's most common answer, and of a randomly initialised model of the same shape.", "",
              "| prior | FT lr | C_Tr | seeds | pt_acc pretrained | pt_acc after FT | ft_acc | ft_acc (C_Te=1) | "
-             "ft_acc (plain) | probe count O_PT (FT model) | pruning: best pt_acc gain, Alg. 3 / random | "
+             "ft_acc (plain) | probe count O_PT (FT model) | "
+             "pruning: pt_acc gain, Alg. 3 (K on a selection split) / random (best K) | "
              "answers count(O_PT)+q | reFT steps to threshold | wrapper verdicts |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
@@ -337,7 +338,7 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
             f"{_cell([f.metrics['pt_acc'] for f in group])} | {_cell([f.metrics['ft_acc'] for f in group])} | "
             f"{_metric_cell(group, 'ft_acc_spurious')} | {_metric_cell(group, 'ft_acc_plain')} | "
             f"{_cell(probe) if probe else '-'} | "
-            f"{_analysis_cell(group, 'evidence.prune_best_gain')} / "
+            f"{_analysis_cell(group, 'evidence.prune_heldout_gain')} / "
             f"{_analysis_cell(group, 'prune.random.best_gain')} | "
             f"{_analysis_cell(group, 'answers.count_pt_plus_offset')} | {_steps_cell(group)} | "
             f"{f'{int(sum(verdicts))}/{len(verdicts)}' if verdicts else '-'} |")

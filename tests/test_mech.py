@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from wrapperdist.mech import (
+    CurvePoint,
     Evidence,
     attention_patterns,
     grad_x_weight_scores,
+    held_out_gain,
     judge,
     learned_removal_mask,
     pattern_shift,
@@ -160,15 +162,30 @@ def test_steps_to_reach():
 
 
 def test_verdict_thresholds():
-    base = dict(pt_acc_finetuned=0.05, prune_best_gain=0.5, prune_best_k=10, probe_finetuned=0.9,
+    base = dict(pt_acc_finetuned=0.05, prune_best_gain=0.5, prune_best_k=10, prune_heldout_gain=0.45,
+                prune_selected_k=10, probe_finetuned=0.9,
                 probe_random_init=0.3, probe_pretrained=0.95, reft_steps_finetuned=40, reft_steps_control=300,
                 reft_budget=400)
     assert judge(Evidence(**base), 0.3, 0.15, 2.0).label == "wrapper"
-    changed = {**base, "prune_best_gain": 0.0, "probe_finetuned": 0.35, "reft_steps_finetuned": 280}
+    changed = {**base, "prune_heldout_gain": 0.0, "probe_finetuned": 0.35, "reft_steps_finetuned": 280}
     assert judge(Evidence(**changed), 0.3, 0.15, 2.0).label == "capability changed"
     never = {**base, "reft_steps_control": None}  # control never got there: counts as budget + 1
     assert judge(Evidence(**never), 0.3, 0.15, 2.0).reft_speedup == pytest.approx(401 / 40)
     assert judge(Evidence(**base), 0.3, 0.15, 10.0).label == "mixed"  # stricter speed-up not met
+    # pruning is judged on the held-out gain: a best-K gain read off the scored set does not count
+    selected = {**base, "prune_best_gain": 0.5, "prune_heldout_gain": 0.1}
+    assert not judge(Evidence(**selected), 0.3, 0.15, 2.0).pruning_revives
+
+
+def test_held_out_gain_picks_k_on_one_split_and_scores_it_on_the_other():
+    curve = [CurvePoint(0, {"sel": 0.1, "test": 0.2}), CurvePoint(5, {"sel": 0.6, "test": 0.3}),
+             CurvePoint(10, {"sel": 0.6, "test": 0.9}), CurvePoint(15, {"sel": 0.2, "test": 1.0}),
+             CurvePoint(30, {"sel": 0.99, "test": 0.99})]
+    got = held_out_gain(curve, "sel", "test", max_k=15)
+    # K = 5 and 10 tie on the selection split: the smaller wins; K = 15 is best on the test set but not chosen
+    assert (got.k, got.gain, got.selection_gain) == (5, pytest.approx(0.1), pytest.approx(0.5))
+    with pytest.raises(ValueError, match="K <= -1"):
+        held_out_gain(curve, "sel", "test", max_k=-1)
 
 
 def _planted(seed: int, hidden_on: bool):

@@ -121,7 +121,8 @@ def test_run_records_pretrain_finetune_and_analysis(cli_run):
     finetune, analysis = stages["finetune"][0], stages["analysis"][0]
     assert {"pt_acc", "ft_acc"} <= finetune.data.metrics.keys()
     evidence = {k for k in analysis.data.metrics if k.startswith("evidence.")}
-    assert {"evidence.pt_acc_finetuned", "evidence.probe_finetuned", "evidence.prune_best_gain"} <= evidence
+    assert {"evidence.pt_acc_finetuned", "evidence.probe_finetuned", "evidence.prune_best_gain",
+            "evidence.prune_heldout_gain", "evidence.prune_selected_k"} <= evidence
     # the analysis evaluated the fine-tuned checkpoint on the setting's held-out sets
     assert analysis.data.metrics["evidence.pt_acc_finetuned"] == pytest.approx(finetune.data.metrics["pt_acc"])
     assert analysis.data.tags["mlflow.parentRunId"] == finetune.info.run_id

@@ -5,10 +5,12 @@ from wrapperdist.mech.attention import attention_patterns, pattern_shift
 from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layers, train_probe
 from wrapperdist.mech.pruning import (
     CurvePoint,
+    HeldOutGain,
     LearnedMask,
     Row,
     Weight,
     grad_x_weight_scores,
+    held_out_gain,
     learned_removal_mask,
     random_ranking,
     random_row_ranking,
@@ -30,7 +32,8 @@ from wrapperdist.mech.weights import mlp_unit_change, relative_change, weight_ch
 __all__ = [
     "Weight", "random_weight_ranking", "weight_label", "weight_scores", "weights_removed",
     "Row", "rank_rows", "random_row_ranking", "row_scores", "rows_removed",
-    "CurvePoint", "Evidence", "LearnedMask", "ProbeResult", "Verdict", "attention_patterns",
+    "CurvePoint", "Evidence", "HeldOutGain", "held_out_gain", "LearnedMask", "ProbeResult", "Verdict",
+    "attention_patterns",
     "grad_x_weight_scores", "judge", "learned_removal_mask", "majority_baseline",
     "mlp_unit_change", "relative_change",
     "pattern_shift", "probe_layers", "random_ranking", "rank_units", "removal_curve",

@@ -99,6 +99,26 @@ def removal_curve(
 
 
 @dataclass
+class HeldOutGain:
+    k: int  # the K that maximised `selection_key` on the selection split
+    gain: float  # scored_key(K) - scored_key(0): the gain on a set that played no part in choosing K
+    selection_gain: float  # the same on the selection split (optimistic by construction)
+
+
+def held_out_gain(curve: Sequence[CurvePoint], selection_key: str, scored_key: str, max_k: int) -> HeldOutGain:
+    """Pick K <= max_k on one split and report the gain at that K on another. The best-K gain read off
+    the set that picked K is biased upward (the max of noisy values); this one is not. Ties go to the
+    smallest K (the thinner wrapper)."""
+    candidates = [p for p in curve if p.k <= max_k]
+    if not candidates:
+        raise ValueError(f"no pruning point with K <= {max_k}")
+    base = curve[0].metrics
+    best = max(candidates, key=lambda p: (p.metrics[selection_key], -p.k))
+    return HeldOutGain(best.k, best.metrics[scored_key] - base[scored_key],
+                       best.metrics[selection_key] - base[selection_key])
+
+
+@dataclass
 class LearnedMask:
     ranking: list[Unit]  # most firmly removed first
     removed: list[Unit]  # units whose final mask is < 0.5

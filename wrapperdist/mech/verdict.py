@@ -1,7 +1,8 @@
 """The wrapper verdict: the three lines of evidence, each against an explicit threshold.
 
 * pruning: removing at most `prune_max_k` units (the paper's one-step grad·weight method) raises
-  pretraining-task accuracy by at least `prune_min_gain`;
+  pretraining-task accuracy by at least `prune_min_gain`, with K chosen on a selection split and the
+  gain measured on the held-out set (so the gain is not the maximum of noise);
 * probing: the pretraining target is still linearly decodable from the fine-tuned model, at least
   `probe_margin` above the same probe on a randomly initialised model;
 * reFT: the fine-tuned model reaches `reft_threshold` pretraining accuracy at least `reft_speedup`
@@ -19,8 +20,10 @@ from dataclasses import dataclass
 @dataclass
 class Evidence:
     pt_acc_finetuned: float
-    prune_best_gain: float  # max over k <= prune_max_k of pt_acc(pruned) - pt_acc(unpruned)
+    prune_best_gain: float  # max over k <= prune_max_k of pt_acc(pruned) - pt_acc(unpruned): K picked on the scored set
     prune_best_k: int
+    prune_heldout_gain: float  # pt_acc gain on the held-out set at the K that was best on the selection split
+    prune_selected_k: int
     probe_finetuned: float  # best-layer held-out accuracy on the pretraining target
     probe_random_init: float
     probe_pretrained: float
@@ -39,7 +42,7 @@ class Verdict:
 
 
 def judge(e: Evidence, prune_min_gain: float, probe_margin: float, reft_speedup: float) -> Verdict:
-    pruning = e.prune_best_gain >= prune_min_gain
+    pruning = e.prune_heldout_gain >= prune_min_gain
     probe = e.probe_finetuned - e.probe_random_init >= probe_margin
     never = e.reft_budget + 1  # a run that never reaches the threshold counts as one step past the budget
     ft_steps = e.reft_steps_finetuned if e.reft_steps_finetuned is not None else never
