@@ -42,6 +42,7 @@ def test_gpu_trials_are_capped_by_the_cluster_at_its_largest():
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("local_cluster")  # one local cluster at a time (see test_cluster_local.py)
 def test_gpu_requests_are_placed_on_gpu_nodes_and_packed(tmp_path):
     """(and the analysis memo crosses nodes: see the probe's docstring)"""
     cluster = LocalCluster(tmp_path / "cluster", {"gpu_worker": worker_type(cpus=2, gpus=1, max_workers=2)})

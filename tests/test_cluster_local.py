@@ -23,7 +23,9 @@ from conftest import TINY
 
 from wrapperdist.sweep.local_cluster import LocalCluster, worker_type
 
-pytestmark = pytest.mark.ray
+# The local clusters run one at a time, on one xdist worker (`--dist loadgroup`): two fake autoscalers
+# on 2 cores would each wait for CPU the other holds, and the node-loss test times a kill.
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("local_cluster")]
 BIN = Path(sys.executable).parent
 HEAD = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head node id
 

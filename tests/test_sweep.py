@@ -211,3 +211,31 @@ def test_shipped_smoke_sweep_validates():
     sweep = load_sweep(ROOT / "sweeps" / "smoke.yaml")
     assert sweep.spec.resources.train_workers == 2 and len(sweep.points) == 4
     assert [p.setting.prior for p in sweep.points] == ["medium", "medium", "high", "high"]
+
+
+def test_a_searched_trials_error_report_is_a_failed_optuna_trial():
+    """OptunaSearch reads its metric from every report: a crashed searched trial's last report carries
+    it as NaN, which the study records as FAIL (a report without it raised KeyError in Tune's loop)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from wrapperdist.config import ExperimentConfig
+    from wrapperdist.sweep.plan import METRIC_PREFIX, finetune_node
+    from wrapperdist.sweep.ray_executor import error_report
+
+    metric = f"{METRIC_PREFIX}ft_acc"
+    searcher = OptunaSearch(space={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+                            metric=metric, mode="max", sampler=optuna.samplers.TPESampler(seed=0))
+    node = finetune_node(ExperimentConfig.model_validate(TINY))
+    for trial_id, crash in (("ok", False), ("crashed", True)):
+        assert searcher.suggest(trial_id) is not None
+        searcher.on_trial_result(trial_id, {metric: 0.5, "training_iteration": 1})
+        if crash:
+            report = {**error_report(node, "Traceback ...\nRuntimeError: boom", metric), "training_iteration": 2}
+            searcher.on_trial_result(trial_id, report)  # raised KeyError before the metric was carried
+            searcher.on_trial_complete(trial_id, error=True)  # as Tune's controller calls it on an error
+        else:
+            searcher.on_trial_complete(trial_id, {metric: 0.7, "training_iteration": 2})
+    states = [t.state for t in searcher._ot_study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert "metric" not in error_report(node, "x", None) and metric not in error_report(node, "x", None)

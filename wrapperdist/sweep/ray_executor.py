@@ -39,6 +39,17 @@ class TrialContext:
     storage: str
     run_name: str
     train_runs: Any = None  # the driver's TrainRuns actor, where Ray Train runs report (train_workers > 0)
+    search_metric: str | None = None  # the Tune key a searcher reads from every report (searched phases)
+
+
+def error_report(node: Node, error: str, search_metric: str | None) -> dict[str, Any]:
+    """The report a crashed trial sends before it raises. A searcher reads its metric from every
+    report (OptunaSearch.on_trial_result indexes it), so a searched trial's error report carries it
+    as NaN: a number that is no result, which Optuna records as a failed trial."""
+    report: dict[str, Any] = {**node_report(node), "event": "error", "error": error[-4000:]}
+    if search_metric is not None:
+        report[search_metric] = float("nan")
+    return report
 
 
 def node_of_trial(config: dict[str, Any], trial_id: str, nodes: dict[str, Node]) -> Node:
@@ -67,7 +78,7 @@ def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
     except Exception:
         # the error text reaches the recorder with the trial's own reports: Tune's error file may not be
         # readable from the driver (remote storage, a lost node) when the trial's end is logged
-        report({**node_report(node), "event": "error", "error": traceback.format_exc()[-4000:]})
+        report(error_report(node, traceback.format_exc(), context.search_metric))
         raise
     if not outcome.metrics:
         tune.report({"event": "empty"})
@@ -89,7 +100,7 @@ class RayExecutor:
             # first: a stopped trial's Train run ends before anything else handles the trial's end
             callbacks.insert(0, StopTrainRuns(self.train_runs))
         context = TrialContext(nodes, self.store.uri, layout, self.storage_path, f"{self.sweep.spec.name}-{phase}",
-                               self.train_runs)
+                               self.train_runs, tune_kwargs.get("metric"))
         kinds = {n.kind for n in nodes.values()}
         if len(kinds) == 1:
             resources: Any = layout.request(kinds.pop())
