@@ -14,6 +14,7 @@ from wrapperdist.mech import (
     learned_removal_mask,
     pattern_shift,
     probe_layers,
+    probe_layers_fresh,
     random_ranking,
     random_row_ranking,
     rank_rows,
@@ -142,6 +143,32 @@ def test_probe_layers_covers_every_depth(model):
     assert list(results) == ["embed", "blocks.0.resid_post", "blocks.1.resid_post"]
     # the last token itself is in the residual stream at the answer position: trivially decodable
     assert results["embed"].test_acc > 0.9
+
+
+def test_fresh_probes_decode_what_is_there_and_nothing_else(model):
+    """The paper's protocol: a new batch at every step. The last token (in the residual stream at the
+    answer position) is decoded at every depth's embedding; a label independent of the tokens is not;
+    and every training batch was a new draw."""
+    seen = []
+
+    def stream(label):
+        seed = 100
+        while True:
+            tokens, _ = _batch(64, seed)
+            seen.append(seed)
+            seed += 1
+            yield tokens, label(tokens)
+
+    test_tokens, _ = _batch(300, seed=1)
+    decodable = probe_layers_fresh(model, stream(lambda t: t[:, -1] % 3), test_tokens, test_tokens[:, -1] % 3, 3,
+                                   steps=150, lr=1e-2)
+    assert list(decodable) == ["embed", "blocks.0.resid_post", "blocks.1.resid_post"]
+    assert decodable["embed"].test_acc > 0.9
+    assert len(seen) == len(set(seen)) == 150  # one fresh batch per step, none reused
+    g = torch.Generator().manual_seed(3)
+    noise = probe_layers_fresh(model, stream(lambda t: torch.randint(0, 3, (len(t),), generator=g)), test_tokens,
+                               torch.randint(0, 3, (300,), generator=g), 3, steps=150, lr=1e-2)
+    assert max(r.test_acc for r in noise.values()) < 0.45  # chance is 1/3
 
 
 def test_attention_patterns_and_shift(model):

@@ -267,3 +267,22 @@ def test_analysis_without_scratch_and_mlp_units_runs_the_rest(tmp_path, monkeypa
     assert {"prune.paper.pt_acc", "prune.random.pt_acc", "reft.control.pt_acc", "reft.control_high_lr.pt_acc"} <= logged
     assert not any(k.startswith(("prune.units.", "prune.learned.", "reft.random_init.")) for k in logged)
     assert set(out.reft_final_pt_acc) == {"finetuned", "control", "control_high_lr"}
+
+
+def test_fresh_probes_run_on_the_settings_generator():
+    """analysis.probe.fresh_batch_size: the probes train on the generator's batches (the paper's App. D
+    protocol), are scored on the pool's held-out tail, and log one value per depth and model."""
+    from wrapperdist.settings.answer_analysis import _probing
+    from wrapperdist.sink import MemorySink
+
+    data = {**TINY, "analysis": {**TINY["analysis"], "probe": {"samples": 120, "steps": 20, "fresh_batch_size": 32}}}
+    cfg = ExperimentConfig.model_validate(data)
+    setting = setting_for(cfg)
+    torch.manual_seed(0)
+    model = setting.build_model(cfg)
+    sink = MemorySink()
+    results, floors = _probing(cfg, setting.tasks(cfg), {"pretrained": model}, sink)
+    per_layer = results["pretraining target (count O_PT)"]["pretrained"]
+    assert list(per_layer) == model.residual_names() and all(0.0 <= a <= 1.0 for a in per_layer.values())
+    assert [v for _, v in sink.history("probe.pt.pretrained")] == list(per_layer.values())
+    assert 0.0 < floors["pretraining target (count O_PT)"] <= 1.0

@@ -119,8 +119,11 @@ class ProbeConfig(Strict):
 
     samples: PositiveInt = Field(4000, description="examples whose activations the probe sees")
     test_frac: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(0.25, description="held-out share")
-    steps: PositiveInt = Field(1000, description="full-batch AdamW steps")
+    steps: PositiveInt = Field(1000, description="AdamW steps (the paper: 4000 on fresh batches)")
     lr: Annotated[float, Field(gt=0.0)] = Field(1e-3, description="probe learning rate")
+    fresh_batch_size: PositiveInt | None = Field(
+        None, description="the paper's protocol: a fresh batch of this size from the generator at every step "
+        "(held out: samples x test_frac examples); unset: full-batch on a fixed pool of `samples` (the CPU scale)")
 
 
 DEFAULT_REFT_LR = 1e-4

@@ -2,7 +2,7 @@
 bookkeeping and the wrapper verdict. No Ray, no MLflow."""
 
 from wrapperdist.mech.attention import attention_patterns, pattern_shift
-from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layers, train_probe
+from wrapperdist.mech.probing import ProbeResult, majority_baseline, probe_layers, probe_layers_fresh, train_probe
 from wrapperdist.mech.pruning import (
     CurvePoint,
     HeldOutGain,
@@ -36,6 +36,6 @@ __all__ = [
     "attention_patterns",
     "grad_x_weight_scores", "judge", "learned_removal_mask", "majority_baseline",
     "mlp_unit_change", "relative_change",
-    "pattern_shift", "probe_layers", "random_ranking", "rank_units", "removal_curve",
+    "pattern_shift", "probe_layers", "probe_layers_fresh", "random_ranking", "rank_units", "removal_curve",
     "steps_to_reach", "train_probe", "units_removed", "weight_change_markdown",
 ]

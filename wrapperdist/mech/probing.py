@@ -2,10 +2,15 @@
 activations at the answer position to predict a task's integer target, held-out accuracy reported.
 
 The schedule follows the paper's probe (AdamW 1e-3, LR ÷10 at 50 %, 75 % and 87.5 % of training:
-its 2K / 3K / 3.5K of 4K iterations); full-batch, because the activations fit in memory."""
+its 2K / 3K / 3.5K of 4K iterations). Two ways to feed it:
+
+* `probe_layers`: a fixed pool of examples, full-batch (the CPU scale: one forward pass per model);
+* `probe_layers_fresh`: the paper's, a fresh batch from the generator at every step, all layers'
+  probes trained together on the activations of one forward pass; a fixed held-out set scores them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +50,7 @@ def train_probe(
     with torch.no_grad():
         probe.weight.normal_(0, 0.01, generator=gen)
         probe.bias.zero_()
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.01)
-    milestones = [int(steps * f) for f in (0.5, 0.75, 0.875)]
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    opt, sched = _schedule(probe.parameters(), steps, lr)
     with torch.enable_grad():
         for _ in range(steps):
             loss = F.cross_entropy(probe(x_train), y_train)
@@ -73,6 +76,54 @@ def probe_layers(
         n: train_probe(a[:cut], targets[:cut], a[cut:], targets[cut:], n_classes, steps, lr)
         for n, a in acts.items()
     }
+
+
+def _schedule(params, steps: int, lr: float):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    milestones = [int(steps * f) for f in (0.5, 0.75, 0.875)]
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+
+def probe_layers_fresh(
+    model: HookedModule, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], test_tokens: torch.Tensor,
+    test_targets: torch.Tensor, n_classes: int, steps: int = 4000, lr: float = 1e-3, seed: int = 0,
+) -> dict[str, ProbeResult]:
+    """Probe every residual layer on fresh data: `batches` yields (tokens, targets), a new draw per
+    step, so no example is seen twice and the probe cannot fit noise in a fixed pool. Features are
+    standardised with the first batch's statistics (fixed afterwards, so the probe's input does not
+    drift). `train_acc` is on the last batch (itself unseen until that step)."""
+    names = model.residual_names()
+    tokens, targets = next(batches)
+    first = answer_activations(model, tokens, names)
+    stats = {n: (a.mean(0), a.std(0) + 1e-6) for n, a in first.items()}
+    gen = torch.Generator().manual_seed(seed)
+    probes = {}
+    for n, a in first.items():
+        probes[n] = torch.nn.Linear(a.shape[1], n_classes)
+        with torch.no_grad():
+            probes[n].weight.normal_(0, 0.01, generator=gen)
+            probes[n].bias.zero_()
+    opt, sched = _schedule([p for probe in probes.values() for p in probe.parameters()], steps, lr)
+    acts = first
+    with torch.enable_grad():
+        for step in range(steps):
+            if step:
+                tokens, targets = next(batches)
+                acts = answer_activations(model, tokens, names)
+            # the probes share no parameters: the summed loss gives each its own gradient
+            loss = sum(F.cross_entropy(probes[n]((acts[n] - m) / s), targets) for n, (m, s) in stats.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    test = answer_activations(model, test_tokens, names)
+    out = {}
+    with torch.no_grad():
+        for n, (m, s) in stats.items():
+            train_acc = (probes[n]((acts[n] - m) / s).argmax(-1) == targets).float().mean().item()
+            test_acc = (probes[n]((test[n] - m) / s).argmax(-1) == test_targets).float().mean().item()
+            out[n] = ProbeResult(train_acc, test_acc)
+    return out
 
 
 def majority_baseline(targets: torch.Tensor, test_frac: float = 0.25) -> float:

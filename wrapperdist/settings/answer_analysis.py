@@ -27,6 +27,7 @@ from wrapperdist.mech import (
     mlp_unit_change,
     pattern_shift,
     probe_layers,
+    probe_layers_fresh,
     random_row_ranking,
     random_weight_ranking,
     rank_rows,
@@ -53,6 +54,7 @@ from wrapperdist.train import answer_accuracy
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
 SELECT_SEED = 7_000_031  # the pruning's selection split (chooses K): disjoint from the above and the eval seed
+FRESH_PROBE_SEED = 7_000_041  # fresh probe batches (+1 for the O_FT target): disjoint from every seed above
 SELECT_KEY = "pt_acc_select"  # O_PT accuracy on the selection split, in the paper curve's metrics
 REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
 
@@ -177,12 +179,26 @@ def _probing(cfg: ExperimentConfig, tasks: AnswerTasks, models: dict[str, Hooked
         floors[target_name] = majority_baseline(targets, pr.test_frac)
         results[target_name] = {}
         key = "pt" if which == "capability" else "ft"
+        held_out = int(len(tokens) * (1 - pr.test_frac))  # fresh probes: the pool's held-out tail scores them
         for model_name, model in models.items():
-            per_layer = probe_layers(model, tokens, targets, n_classes, pr.test_frac, pr.steps, pr.lr)
+            if pr.fresh_batch_size:  # the same fresh stream for every model (its own seed per target)
+                fresh = _fresh_batches(tasks, which, pr.fresh_batch_size, FRESH_PROBE_SEED + (key == "ft"))
+                per_layer = probe_layers_fresh(model, fresh, tokens[held_out:], targets[held_out:], n_classes,
+                                               pr.steps, pr.lr)
+            else:
+                per_layer = probe_layers(model, tokens, targets, n_classes, pr.test_frac, pr.steps, pr.lr)
             results[target_name][model_name] = {layer: r.test_acc for layer, r in per_layer.items()}
             for depth, r in enumerate(per_layer.values()):
                 sink.log_metrics({f"probe.{key}.{model_name.split()[0]}": r.test_acc}, depth)
     return results, floors
+
+
+def _fresh_batches(tasks: AnswerTasks, which: str, batch_size: int, seed: int):
+    """An endless stream of (tokens, answer class) batches, each drawn afresh from the generator."""
+    rng = np.random.default_rng(seed)
+    while True:
+        tokens, answers = _as_tensors(tasks.batch(which, batch_size, rng))  # type: ignore[arg-type]
+        yield tokens, tasks.answer_class(answers)
 
 
 def _reft_data_digest(setting: AnswerSettingLike, cfg: ExperimentConfig) -> str:
