@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Installed once per change of pyproject.toml (torch is pinned to the CPU build on disk there).
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo tracr stories test lint bench clean
+.PHONY: install demo tracr stories claims test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -24,8 +24,11 @@ demo: install
 	$(BIN)/wrapperdist sweep sweeps/demo.yaml
 	$(BIN)/python analysis/summarize.py --experiment wrapperdist
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+	$(BIN)/python analysis/runs_data.py --sweep-name headline --out reports/headline/runs.jsonl
+	$(BIN)/python analysis/claims.py reports/headline/runs.jsonl --out reports/headline/claims.md
 	@echo
 	@echo "Report:    $(CURDIR)/reports/headline/report.md (figures beside it; also on the sweep's MLflow run)"
+	@echo "Claims:    $(CURDIR)/reports/headline/claims.md (this run's 3 seeds; docs/claims.md has the committed ones)"
 
 ## The Tracr setting: compiled Counter (C_Tr x the four LRs) and Max-identifier (5th -> 6th largest),
 ## analysed and revived; Fig. 10; reports under reports/tracr-counter/ and reports/tracr-max/.
@@ -37,6 +40,8 @@ tracr: install
 	$(BIN)/python analysis/tracr_attention.py --out reports/tracr-counter
 	$(BIN)/wrapperdist sweep sweeps/tracr_max.yaml
 	$(BIN)/python analysis/report.py --experiment wrapperdist --out reports
+	for s in tracr-counter tracr-counter-reft tracr-max; do \
+	  $(BIN)/python analysis/runs_data.py --sweep-name $$s --out reports/$$s/runs.jsonl || exit 1; done
 
 ## The TinyStories setting: deleting "Twist" from a small LM with the paper's three protocols (F, F+R,
 ## F+MM) x 2 LRs x 3 seeds, analysed and revived (offline procedural corpus; set stories.path for the
@@ -45,6 +50,12 @@ tracr: install
 stories: install
 	$(BIN)/wrapperdist sweep sweeps/tinystories_twist.yaml
 	$(BIN)/python analysis/stories_table.py --experiment wrapperdist --out reports/stories/table.md
+	$(BIN)/python analysis/runs_data.py --sweep-name tinystories-twist --out reports/stories/runs.jsonl
+
+## The claims file from the committed per-seed data (docs/results/*/runs.jsonl, exported by the
+## targets above and copied there): docs/claims.md, which the README embeds. Seconds; no training.
+claims: install
+	$(BIN)/python analysis/claims.py docs/results/*/runs.jsonl --out docs/claims.md
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).
 test: install

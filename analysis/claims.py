@@ -408,6 +408,18 @@ STORIES_CLAIMS = [
 CLAIMS = [*PCFG_CLAIMS, *TRACR_CLAIMS, *STORIES_CLAIMS]
 
 
+def unique(rows: list) -> list:
+    """One row per fine-tune condition and seed: a sweep that reuses another's stages (e.g. the
+    5-seed headline over the demo's store) records the reused fine-tunes again, and counting them
+    twice would narrow every interval. The later file's row wins."""
+    by_condition = {}
+    for r in rows:
+        ft = r["ft"]
+        key = (r["setting"], ft.prior, ft.lr, ft.c_tr, ft.seed, tuple(sorted(r.get("params", {}).items())))
+        by_condition[key] = r
+    return list(by_condition.values())
+
+
 def judge_all(rows: list, claims: list[Claim] = CLAIMS) -> list[tuple[Claim, Judgement]]:
     return [(claim, claim.judge(rows)) for claim in claims]
 
@@ -435,7 +447,7 @@ def main() -> None:
     p.add_argument("data", nargs="+", help="runs.jsonl files (analysis/runs_data.py)")
     p.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
     args = p.parse_args()
-    rows = [row for path in args.data for row in load(path)]
+    rows = unique([row for path in args.data for row in load(path)])
     text = markdown(judge_all(rows), args.data, rows)
     if args.out:
         args.out.write_text(text)

@@ -86,3 +86,15 @@ def test_runs_file_round_trip_gives_the_same_verdicts(tmp_path):
     assert [(c.item, j) for c, j in claims.judge_all(loaded)] == [(c.item, j) for c, j in claims.judge_all(rows)]
     text = claims.markdown(claims.judge_all(loaded), [str(path)], loaded)
     assert "| 6 |" in text and "test (AVX2, cpu)" in text
+
+
+def test_a_fine_tune_recorded_by_two_sweeps_counts_once():
+    """The 5-seed sweep reuses the demo's seeds 0-2: the same condition and seed from two files is one
+    fine-tune, or the intervals would be too narrow."""
+    first = [fine_tune(s) for s in range(3)]
+    second = [fine_tune(s) for s in range(5)]
+    rows = claims.unique(first + second)
+    assert sorted(r["ft"].seed for r in rows) == [0, 1, 2, 3, 4]
+    assert all(r is s for r, s in zip(sorted(rows, key=lambda r: r["ft"].seed), second, strict=True))
+    other_lr = fine_tune(0, lr=1e-4)
+    assert len(claims.unique(first + [other_lr])) == 4  # another condition is another fine-tune
