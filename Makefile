@@ -55,7 +55,7 @@ stories: install
 ## The claims file from the committed per-seed data (docs/results/*/runs.jsonl, exported by the
 ## targets above and copied there): docs/claims.md, which the README embeds. Seconds; no training.
 claims: install
-	$(BIN)/python analysis/claims.py docs/results/*/runs.jsonl --out docs/claims.md
+	$(BIN)/python analysis/claims.py docs/results/*/runs.jsonl --out docs/claims.md --embed README.md
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).
 test: install

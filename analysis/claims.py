@@ -440,20 +440,43 @@ def markdown(results: list[tuple[Claim, Judgement]], sources: list[str], rows: l
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+EMBED_START, EMBED_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def embedded(document: str, claims_markdown: str) -> str:
+    """`document` with the claims table (the file's body, without its title) between the markers."""
+    if EMBED_START not in document or EMBED_END not in document:
+        raise ValueError(f"no {EMBED_START} ... {EMBED_END} block to embed the claims in")
+    head, rest = document.split(EMBED_START, 1)
+    _, tail = rest.split(EMBED_END, 1)
+    body = claims_markdown.split("\n", 2)[2].strip()  # drop the "# ..." title and its blank line
+    return f"{head}{EMBED_START}\n{body}\n{EMBED_END}{tail}"
+
+
+def generate(paths: list[str]) -> str:
+    """The claims file's text from runs.jsonl files (the same condition and seed counted once)."""
     from runs_data import load
 
+    rows = unique([row for path in paths for row in load(path)])
+    return markdown(judge_all(rows), paths, rows)
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="+", help="runs.jsonl files (analysis/runs_data.py)")
     p.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
+    p.add_argument("--embed", type=Path, help=f"also put the table into this file, between {EMBED_START} "
+                                              f"and {EMBED_END} (the README)")
     args = p.parse_args()
-    rows = unique([row for path in args.data for row in load(path)])
-    text = markdown(judge_all(rows), args.data, rows)
+    text = generate(args.data)
     if args.out:
         args.out.write_text(text)
-        print(f"{args.out}: {len(CLAIMS)} claims from {len(rows)} fine-tunes")
+        print(f"{args.out}: {len(CLAIMS)} claims")
     else:
         print(text)
+    if args.embed:
+        args.embed.write_text(embedded(args.embed.read_text(), text))
+        print(f"{args.embed}: claims embedded")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
 import claims  # noqa: E402
 import report  # noqa: E402
@@ -98,3 +100,14 @@ def test_a_fine_tune_recorded_by_two_sweeps_counts_once():
     assert all(r is s for r, s in zip(sorted(rows, key=lambda r: r["ft"].seed), second, strict=True))
     other_lr = fine_tune(0, lr=1e-4)
     assert len(claims.unique(first + [other_lr])) == 4  # another condition is another fine-tune
+
+
+def test_embedding_replaces_the_block_and_nothing_else():
+    text = claims.markdown(claims.judge_all([fine_tune(s) for s in range(3)]), ["a.jsonl"], [])
+    doc = "intro\n<!-- claims:start -->\nold table\n<!-- claims:end -->\noutro\n"
+    once = claims.embedded(doc, text)
+    assert once.startswith("intro\n<!-- claims:start -->\n") and once.endswith("<!-- claims:end -->\noutro\n")
+    assert "old table" not in once and "| item | the paper |" in once and "# The paper's claims" not in once
+    assert claims.embedded(once, text) == once  # idempotent
+    with pytest.raises(ValueError, match="claims:start"):
+        claims.embedded("no markers here", text)

@@ -23,3 +23,18 @@ def test_no_tracked_file_points_outside_the_repository():
     outside = [path for path in tracked if (ROOT / path).is_file() and path != "tests/test_docs.py"
                and "../shared" in (ROOT / path).read_text(errors="ignore")]
     assert not outside, f"files that cite ../shared, which a user of the repository does not have: {outside}"
+
+
+def test_claims_file_and_readme_are_generated_from_the_committed_data(monkeypatch):
+    """docs/claims.md is what `make claims` writes from docs/results/*/runs.jsonl, and the README
+    embeds that same table: a hand edit, or data committed without regenerating, fails here."""
+    sys.path.insert(0, str(ROOT / "analysis"))
+    import claims
+
+    monkeypatch.chdir(ROOT)
+    paths = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/results/*/runs.jsonl"))
+    assert paths, "no committed per-seed data"
+    text = claims.generate(paths)
+    assert (ROOT / "docs" / "claims.md").read_text() == text, "run: make claims"
+    readme = (ROOT / "README.md").read_text()
+    assert claims.embedded(readme, text) == readme, "run: make claims (the README's table is stale)"
