@@ -52,10 +52,12 @@ stories: install
 	$(BIN)/python analysis/stories_table.py --experiment wrapperdist --out reports/stories/table.md
 	$(BIN)/python analysis/runs_data.py --sweep-name tinystories-twist --out reports/stories/runs.jsonl
 
-## The claims file from the committed per-seed data (docs/results/*/runs.jsonl, exported by the
-## targets above and copied there): docs/claims.md, which the README embeds. Seconds; no training.
+## The claims file and the per-setting result tables from the committed per-seed data
+## (docs/results/*/runs.jsonl, exported by the targets above and copied there): docs/claims.md, which
+## the README embeds, and the tables of docs/pcfg.md, docs/tracr.md, docs/stories.md. Seconds; no training.
 claims: install
 	$(BIN)/python analysis/claims.py docs/results/*/runs.jsonl --out docs/claims.md --embed README.md
+	$(BIN)/python analysis/results_pages.py
 
 ## Lint, then the whole test suite (a few minutes on 2 cores).
 test: install

@@ -34,8 +34,9 @@ from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, resolve_tracking_uri, ui
 
 PROBE_MODELS = ("pretrained", "fine-tuned", "reFT", "random")
 ANALYSIS_PREFIXES = ("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.", "answers.", "floor.",
-                     "tab1.", "gen.")  # the analysis run's metrics a FineTune keeps (curves and evidence)
-START_KEYS = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious")  # the pretrained model, as FT saw it
+                     "tab1.", "gen.", "probe_layer.", "reftloss.")  # the analysis run's metrics a FineTune keeps
+# the pretrained model, as the fine-tune's step-0 evaluation saw it
+START_KEYS = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious", "pt_acc_plain", "ft_acc_plain")
 
 
 @dataclass
@@ -319,7 +320,7 @@ def relation_line(fts: list[FineTune]) -> list[str]:
             + ", ".join(f"{name}: {cell}" for name, cell in cells.items()) + "."]
 
 
-def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
+def markdown(sweep_name: str, fts: list[FineTune], figures: list[str] | None) -> str:
     lines = [f"# Sweep {sweep_name}", "", f"{len(fts)} finished fine-tunes; mean ± 95 % CI over seeds. pt_acc / "
              "ft_acc: answer accuracy on the pretraining (count O_PT) / fine-tuning (count O_FT) task on C_Te=0, "
              "the held-out strings on which the planted relation fails; C_Te=1: where it holds on every string; "
@@ -359,9 +360,11 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str]) -> str:
             cells = [_cell([f.reft_budgets[b] for f in group if b in f.reft_budgets]) for b in budgets]
             lines.append(f"| {prior} | {lr:g} | {c:g} | " + " | ".join(cells) + " |")
     lines += weights_tables(fts)
+    if figures is None:  # a table for a page without the report's figures (analysis/results_pages.py)
+        return "\n".join(lines) + "\n"
     if "spurious" not in figures:
         lines += ["", "This sweep has a single C_Tr value, so there is no spurious-correlation figure "
-                  "(sweep over `setting.spurious_fraction` for it, e.g. `sweeps/spurious.yaml`)."]
+                  "(sweep over `setting.spurious_fraction` for it, e.g. `sweeps/paper_cpu.yaml`)."]
     lines += ["", "Figures: " + ", ".join(f"[{name}]({name}.png)" for name in figures)]
     return "\n".join(lines) + "\n"
 

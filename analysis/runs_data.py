@@ -23,6 +23,7 @@ from report import FineTune, collect  # noqa: E402
 
 from wrapperdist.tracking import STAGE_TAG, resolve_tracking_uri  # noqa: E402
 
+PARAM_PREFIXES = ("setting.", "finetune.optim.", "analysis.", "seed")  # the condition, and how it was judged
 MACHINE_TAGS = ("cpu", "cpu_capability", "blas", "device", "torch", "gpu", "host")
 
 
@@ -45,7 +46,7 @@ def records(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[dic
     for ft in collect(client, experiment_id, sweep_id):
         run = client.get_run(ft.run_id)
         machine = {k: run.data.tags[f"wrapperdist.{k}"] for k in MACHINE_TAGS if f"wrapperdist.{k}" in run.data.tags}
-        params = {k: v for k, v in run.data.params.items() if k.startswith(("setting.", "finetune.optim.", "seed"))}
+        params = {k: v for k, v in run.data.params.items() if k.startswith(PARAM_PREFIXES)}
         out.append({**asdict(ft), "setting": run.data.params.get("setting.name", ""), "params": params,
                     "machine": machine, "sweep_run_id": sweep_id})
     return out

@@ -72,6 +72,29 @@ def accuracy_table(finetunes: dict[tuple[str, float, float], dict[str, float]]) 
                     + "; ".join(relation) + "."]
 
 
+def analysis_table(analyses: list[tuple[tuple[str, float, float, str], dict[str, float]]]) -> list[str]:
+    """Per analysed fine-tune ((program, lr, C_Tr, reFT lr), its analysis metrics): pruning,
+    attention on the O_PT / O_FT keys (Fig. 10's measure), reFT against Scr.+FT, the verdict."""
+    lines = ["| program | η | C_Tr | reFT η | best single weight: pt gain | cumulative K≤20: pt gain | "
+             "rows K≤15: pt gain | attention on O_PT / O_FT keys (block 1 counter, 2 max) | reFT steps to 0.9: "
+             "FT / Scr.+FT (pt_acc at end: FT / Scr.+FT / Scr.+FT 10×) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (program, lr, ctr, reft_lr), m in sorted(analyses, key=lambda a: (a[0][0], -a[0][1], *a[0][2:])):
+        block = 1 if program == "counter" else 2
+        names = ("a", "b") if program == "counter" else ("rank5", "rank6")
+        att = [m.get(f"answers.attention_on_{n}.block{block}", float("nan")) for n in names]
+        ends = [m.get(f"evidence.reft_final_pt_acc_{k}", float("nan")) for k in ("finetuned", "control",
+                                                                                   "control_high_lr")]
+        verdict = next((v for v in ("wrapper", "capability_changed") if m.get(f"verdict_{v}") == 1.0), "mixed")
+        nan = float("nan")
+        lines.append(f"| {program} | {lr:g} | {ctr:g} | {reft_lr} | {m.get('prune.single.best_gain', nan):+.3f} | "
+                     f"{m.get('prune.single.cumulative_best_gain', float('nan')):+.3f} | "
+                     f"{m.get('prune.rows.best_gain', float('nan')):+.3f} | "
+                     f"{att[0]:.2f} / {att[1]:.2f} | {_steps(m, 'finetuned')} / {_steps(m, 'control')} "
+                     f"({ends[0]:.2f} / {ends[1]:.2f} / {ends[2]:.2f}) | {verdict} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
@@ -80,26 +103,8 @@ def main() -> None:
     mlflow.set_tracking_uri(args.tracking_uri)
     finetunes = {_key(r)[:3]: r.data.metrics for r in _runs(args.experiment, "finetune")}
     print("\n".join(accuracy_table(finetunes)))
-    print("\n| program | η | C_Tr | reFT η | best single weight: pt gain | cumulative K≤20: pt gain | "
-          "rows K≤15: pt gain | "
-          "attention on O_PT / O_FT keys (block 1 counter, 2 max) | reFT steps to 0.9: FT / Scr.+FT / Scr.+FT 10× "
-          "(pt_acc at end) | verdict |\n|---|---|---|---|---|---|---|---|---|---|")
-    analyses = sorted(_runs(args.experiment, "analysis"), key=lambda r: (_key(r)[0], -_key(r)[1], *_key(r)[2:]))
-    for r in analyses:
-        program, lr, ctr, reft_lr = _key(r)
-        m = r.data.metrics
-        block = 1 if program == "counter" else 2
-        names = ("a", "b") if program == "counter" else ("rank5", "rank6")
-        att = [m.get(f"answers.attention_on_{n}.block{block}", float("nan")) for n in names]
-
-        ends = [m.get(f"evidence.reft_final_pt_acc_{k}", float("nan")) for k in ("finetuned", "control",
-                                                                                   "control_high_lr")]
-        verdict = next((v for v in ("wrapper", "capability_changed") if m.get(f"verdict_{v}") == 1.0), "mixed")
-        print(f"| {program} | {lr:g} | {ctr:g} | {reft_lr} | {m.get('prune.single.best_gain', float('nan')):+.3f} | "
-              f"{m.get('prune.single.cumulative_best_gain', float('nan')):+.3f} | "
-              f"{m.get('prune.rows.best_gain', float('nan')):+.3f} | "
-              f"{att[0]:.2f} / {att[1]:.2f} | {_steps(m, 'finetuned')} / {_steps(m, 'control')} / - "
-              f"({ends[0]:.2f} / {ends[1]:.2f} / {ends[2]:.2f}) | {verdict} |")
+    print()
+    print("\n".join(analysis_table([(_key(r), r.data.metrics) for r in _runs(args.experiment, "analysis")])))
 
 
 if __name__ == "__main__":

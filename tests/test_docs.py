@@ -38,3 +38,13 @@ def test_claims_file_and_readme_are_generated_from_the_committed_data(monkeypatc
     assert (ROOT / "docs" / "claims.md").read_text() == text, "run: make claims"
     readme = (ROOT / "README.md").read_text()
     assert claims.embedded(readme, text) == readme, "run: make claims (the README's table is stale)"
+
+
+def test_setting_pages_carry_the_tables_of_the_committed_data():
+    """docs/pcfg.md, docs/tracr.md and docs/stories.md hold what analysis/results_pages.py generates
+    from docs/results/*/runs.jsonl (`make claims` regenerates them)."""
+    sys.path.insert(0, str(ROOT / "analysis"))
+    import results_pages
+
+    for page in results_pages.PAGES:
+        assert results_pages.rendered(page) == (ROOT / page).read_text(), f"{page} is stale: run make claims"
