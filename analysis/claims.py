@@ -191,15 +191,16 @@ def pruning_revives(rows: list) -> Judgement:
     cell = select(rows, "pcfg", "low", ("M", "S"), lambda c: c >= 0.5)
     if not cell:
         return Judgement("inconclusive", "no data for low prior, C_Tr >= 0.5, eta_M / eta_S")
-    why = _lost(cell)
-    if why:
-        return Judgement("inconclusive", why)
+    lost = [r for r in cell if _lost([r]) is None]  # as item 6: only a fine-tune that lost O_PT can revive it
+    if not lost:
+        return Judgement("inconclusive", _lost(cell) or "no fine-tune lost O_PT: nothing to revive")
+    cell = lost
     held_out = values(cell, "evidence.prune_heldout_gain")
     gains = held_out or values(cell, "evidence.prune_best_gain")
     how = "held-out split" if held_out else "K picked on the scored set (selection-biased)"
     random = [_best_gain(r["ft"].analysis.get("prune.random.pt_acc", [])) for r in cell]
     g, rnd = stat(gains), stat(random)
-    numbers = f"O_PT gain {g} ({how}) vs random rows {rnd}"
+    numbers = f"O_PT gain {g} ({how}) vs random rows {rnd}, over the {len(cell)} fine-tunes that lost O_PT"
     return capped(cell, Judgement(graded(g.low >= 0.3 and g.mean - rnd.mean >= 0.2, g.mean - rnd.mean >= 0.1),
                                   numbers))
 
@@ -231,26 +232,31 @@ def probes_follow(rows: list) -> Judgement:
 
 
 def reft_beats_control(rows: list) -> Judgement:
-    """Item 6 (Fig. 9): the fine-tuned model revives O_PT faster than Scr.+FT at the same reFT LR."""
+    """Item 6 (Fig. 9): the fine-tuned model revives O_PT faster than Scr.+FT at the same reFT LR.
+    Measured as O_PT at the end of the same reFT budget (fine-tuned minus Scr.+FT), not as a ratio of
+    steps to a threshold: within a 1K budget the control often never reaches it (right-censored), and
+    a censored ratio (budget + 1) / steps caps the speed-up below 2 for any fine-tune that needs more
+    than half the budget, however far behind the control stays. The steps are printed beside it."""
     cell = select(rows, "pcfg", etas=("L", "M", "S"))
-    cell = [r for r in cell if final(r, "evidence.reft_budget") is not None]
+    cell = [r for r in cell if final(r, "evidence.reft_final_pt_acc_finetuned") is not None]
     if not cell:
         return Judgement("inconclusive", "no analysed PCFG fine-tunes")
     lost = [r for r in cell if _lost([r]) is None]
     if not lost:
         return Judgement("inconclusive", "no fine-tune lost O_PT: nothing to revive")
-    speedups = [_speedup(r) for r in lost]
-    faster = sum(s >= 2 for s in speedups)
-    numbers = (f"{faster} of {len(lost)} fine-tunes that lost O_PT revive >= 2x faster than Scr.+FT "
-               f"(speedups {', '.join(f'{s:.1f}' for s in speedups)})")
-    return capped(lost, Judgement(graded(faster == len(lost), faster > len(lost) / 2), numbers))
+    gap = stat(final(r, "evidence.reft_final_pt_acc_finetuned") - final(r, "evidence.reft_final_pt_acc_control")
+               for r in lost)
+    budget = int(final(lost[0], "evidence.reft_budget") or 0)
+    steps = ", ".join(f"{_steps_text(r, 'finetuned')} vs {_steps_text(r, 'control')}" for r in lost)
+    numbers = (f"O_PT after {budget} reFT steps, fine-tuned minus Scr.+FT: {gap} over the {len(lost)} fine-tunes "
+               f"that lost O_PT; steps to the threshold (fine-tuned vs Scr.+FT): {steps}")
+    return capped(lost, Judgement(graded(gap.low >= 0.3, gap.mean >= 0.3), numbers))
 
 
-def _speedup(row) -> float:
-    """Scr.+FT's steps to the threshold over the fine-tuned model's (budget + 1 where never)."""
-    budget = (final(row, "evidence.reft_budget") or 0) + 1
-    control = final(row, "evidence.reft_steps_control") if final(row, "evidence.reft_reached_control") else budget
-    return control / max(_steps_of(row), 1)
+def _steps_text(row, which: str) -> str:
+    if final(row, f"evidence.reft_reached_{which}"):
+        return str(int(final(row, f"evidence.reft_steps_{which}")))
+    return f"> {int(final(row, 'evidence.reft_budget') or 0)}"
 
 
 def low_revives_slower(rows: list) -> Judgement:
@@ -327,15 +333,17 @@ PCFG_CLAIMS = [
           _ft_claim("pcfg", "high", ("S",), None, "pt_acc", _above(0.95, 0.95), "high, eta_S",
                     precondition=_fine_tune_moved)),
     Claim("4", "pcfg", "pruning 5-15 rows of low-prior models fine-tuned with a correlation at eta_M / eta_S "
-          "clearly raises O_PT while O_FT falls (Fig. 7)", "gain lower bound >= 30 points and >= 20 above random "
-          "rows; precondition: O_PT was lost", pruning_revives),
+          "clearly raises O_PT while O_FT falls (Fig. 7)", "over the fine-tunes that lost O_PT (>= 20 points): "
+          "held-out gain (K chosen on a selection split) lower bound >= 30 points and mean >= 20 above random rows",
+          pruning_revives),
     Claim("5", "pcfg", "count(a) probes on fine-tuned models follow the pretrained model's, except low prior at "
           "eta_M (Fig. 8)", "fine-tuned minus pretrained best-layer probe accuracy lower bound >= -5 points; "
           "precondition: the probe reads count(a) >= 10 points above a random init. A count(a)+1 wrapper keeps "
           "count(a) decodable by construction: the probe cannot tell a wrapper from an untouched model",
           probes_follow),
     Claim("6", "pcfg", "reFT revives O_PT far faster than Scr.+FT at the same LR (Fig. 9)",
-          "every fine-tune that lost O_PT revives >= 2x faster than Scr.+FT; precondition: O_PT was lost",
+          "O_PT at the end of the same reFT budget, fine-tuned minus Scr.+FT, lower bound >= 30 points; "
+          "precondition: O_PT was lost",
           reft_beats_control),
     Claim("6b", "pcfg", "low prior revives slower (~3K) than medium / high (10^2-10^3; Fig. 9)",
           "low's steps lower bound above medium / high's upper bound; precondition: medium / high lost O_PT",

@@ -17,13 +17,14 @@ import runs_data  # noqa: E402
 
 def fine_tune(seed: int, *, prior="low", lr=1e-5, c_tr=1.0, pt_before=1.0, pt_after=0.1, ft_te0=0.02,
               ft_te1=0.99, reft_ft=100, reft_ctrl=None, budget=1000, prune=((0, 0.1), (5, 0.8)),
-              random=((0, 0.1), (5, 0.15))):
+              random=((0, 0.1), (5, 0.15)), reft_final_ft=0.95, reft_final_ctrl=0.3):
     ft = report.FineTune(f"run{seed}", prior, lr, c_tr, seed,
                          {"pt_acc": pt_after, "ft_acc": ft_te0, "ft_acc_spurious": ft_te1},
                          pt_acc_pretrained=pt_before, ft_acc_pretrained=0.27)
     evidence = {"reft_budget": budget, "reft_reached_finetuned": float(reft_ft is not None),
                 "reft_reached_control": float(reft_ctrl is not None),
-                "prune_best_gain": max(v for _, v in prune) - prune[0][1]}
+                "prune_best_gain": max(v for _, v in prune) - prune[0][1],
+                "reft_final_pt_acc_finetuned": reft_final_ft, "reft_final_pt_acc_control": reft_final_ctrl}
     if reft_ft is not None:
         evidence["reft_steps_finetuned"] = reft_ft
     if reft_ctrl is not None:
@@ -42,7 +43,7 @@ def by_item(rows):
 def test_a_clear_revival_is_reproduced():
     rows = [fine_tune(s) for s in range(5)]
     verdicts = by_item(rows)
-    assert verdicts["6"].status == "reproduced", verdicts["6"]  # 100 steps vs never (1001): 10x
+    assert verdicts["6"].status == "reproduced", verdicts["6"]  # 0.95 vs 0.30 after the same budget
     assert verdicts["4"].status == "reproduced", verdicts["4"]  # +0.7 from pruning, random +0.05
     assert verdicts["2a"].status == "reproduced", verdicts["2a"]
     assert verdicts["3a"].status == "reproduced", verdicts["3a"]
@@ -58,10 +59,22 @@ def test_nothing_lost_is_inconclusive_never_reproduced():
 
 
 def test_slow_or_absent_revival_is_not_reproduced():
-    rows = [fine_tune(s, reft_ft=None, reft_ctrl=None, prune=((0, 0.1), (5, 0.12))) for s in range(4)]
+    rows = [fine_tune(s, reft_ft=None, reft_ctrl=None, prune=((0, 0.1), (5, 0.12)), reft_final_ft=0.35)
+            for s in range(4)]
     verdicts = by_item(rows)
     assert verdicts["6"].status == "not reproduced"
     assert verdicts["4"].status == "not reproduced"
+
+
+def test_a_revival_the_control_never_matches_is_not_lost_to_censoring():
+    """The fine-tune needs 650 of 1000 reFT steps, the control never gets there: a steps ratio capped at
+    (budget + 1) / 650 = 1.5 would call that slow; O_PT after the same budget (0.98 vs 0.32) does not."""
+    rows = [fine_tune(s, reft_ft=650, reft_ctrl=None, reft_final_ft=0.98, reft_final_ctrl=0.32) for s in range(3)]
+    verdict = by_item(rows)["6"]
+    assert verdict.status == "reproduced", verdict
+    assert "650 vs > 1000" in verdict.numbers
+    near = [fine_tune(s, reft_ft=650, reft_ctrl=700, reft_final_ft=0.95, reft_final_ctrl=0.92) for s in range(3)]
+    assert by_item(near)["6"].status == "not reproduced"  # the control catches up within the budget
 
 
 def test_too_few_seeds_is_inconclusive_with_its_numbers():
