@@ -68,7 +68,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
-	$(BIN)/python benchmarks/bench_overlap.py sweeps/cpu_small.yaml
+	$(BIN)/python benchmarks/bench_overlap.py experiments/cpu_small.yaml
 	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:

@@ -13,7 +13,7 @@ from wrapperdist.config import ExperimentConfig, load_config  # noqa: E402
 
 
 def cpu_config(path: str | None = None) -> ExperimentConfig:
-    return load_config(path or ROOT / "sweeps" / "cpu_counter.yaml")
+    return load_config(path or ROOT / "experiments" / "cpu_small.yaml")
 
 
 def rate(fn, min_seconds: float = 3.0) -> tuple[float, int]:

@@ -2,7 +2,7 @@
 Markdown table: the modal answer's and a random init's accuracy, and the planted relation's measured
 rate, per set. No MLflow, no training (a compiled setting compiles its model for the random init's shape).
 
-    python scripts/print_floors.py sweeps/cpu_small.yaml sweeps/tracr_counter_experiment.yaml"""
+    python scripts/print_floors.py experiments/cpu_small.yaml experiments/tracr_counter.yaml"""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ DESCRIPTION = """\
 wrapperdist: does fine-tuning change what a pretrained model can do, or only wrap it?
 (a sweep-scale reproduction of Jain et al., ICLR 2024, arXiv 2311.12786)
 
-Every command takes an experiment YAML (see sweeps/). Results go to MLflow: by default the
-SQLite store ./mlflow.db, which `mlflow ui` started in this directory opens; set
-MLFLOW_TRACKING_URI to use another store or a tracking server."""
+Every command takes an experiment YAML (see experiments/; `sweep` takes a spec from sweeps/).
+Results go to MLflow: by default the SQLite store ./mlflow.db, which `mlflow ui` started in this
+directory opens; set MLFLOW_TRACKING_URI to use another store or a tracking server."""
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 These models are the single source of configuration. Unknown keys are errors, and an invalid file
 is rejected before any work starts with one line per problem naming the file, the field path and
-the reason, e.g. `sweeps/x.yaml: finetune.optim.lr: Input should be greater than 0`.
+the reason, e.g. `experiments/x.yaml: finetune.optim.lr: Input should be greater than 0`.
 
 Paper values cited below are from Jain et al. 2023 (arXiv 2311.12786), App. C-D.
 """
