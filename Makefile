@@ -59,9 +59,10 @@ claims: install
 	$(BIN)/python analysis/claims.py docs/results/*/runs.jsonl --out docs/claims.md --embed README.md
 	$(BIN)/python analysis/results_pages.py
 
-## Lint, then the whole test suite (a few minutes on 2 cores).
+## Lint and the import contracts (pyproject.toml [tool.importlinter]), then the whole test suite.
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/pytest
 
 ## Speed figures quoted in the notes (not timed tests).

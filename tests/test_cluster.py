@@ -103,3 +103,17 @@ def test_tracking_data_outlives_ray_down(rendered):
     down = readme.rfind("ray down cluster.yaml")
     assert 0 <= fetch < down, "README must rsync-down the MLflow database before `ray down`"
     assert rendered["provider"]["cache_stopped_nodes"] is False  # which is why it must be fetched
+
+
+def test_the_one_internal_ray_path_still_exists():
+    """sweep/cluster.py's pin_autoscaling_coordinator is the one place that imports Ray internals
+    (there is no public API for the coordinator Ray Train v2 asks for resources). It returns False
+    where the path is gone, which would silently bring back the node-loss hang: a Ray upgrade that
+    moves it must fail here instead."""
+    import importlib
+
+    module = importlib.import_module("ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator")
+    assert callable(module.get_or_create_autoscaling_coordinator)
+    internal = [p for p in (ROOT / "wrapperdist").rglob("*.py")
+                if "ray.data._internal" in p.read_text() and p.name != "cluster.py"]
+    assert not internal, f"Ray internals imported outside sweep/cluster.py: {internal}"
