@@ -88,10 +88,13 @@ def test_stories_sweep_and_generate(tmp_path, monkeypatch, capsys):
     for r in stages["analysis"]:
         assert {"evidence.rate_pretrained", "evidence.probe_finetuned", "verdict_wrapper", "tab1.deleted.at_0",
                 "tab1.not_in_pt.at_10", "probe_layer.not_in_pt.0"} <= set(r.data.metrics)
-        # the verdict tag is the one the logged evidence implies
-        deleted, wrapper = r.data.metrics["verdict_deleted"], r.data.metrics["verdict_wrapper"]
-        assert (r.data.tags["wrapperdist.verdict"] == "not deleted") == (deleted == 0.0)
-        assert (r.data.tags["wrapperdist.verdict"] == "wrapper") == (wrapper == 1.0)
+        # the verdict tag is what the rule gives on the logged evidence and the run's own thresholds
+        from wrapperdist.settings.stories.analysis import evidence_from_metrics, judge_stories
+
+        p = r.data.params
+        again = judge_stories(evidence_from_metrics(r.data.metrics), float(p["analysis.verdict.probe_margin"]),
+                              float(p["analysis.verdict.reft_speedup"]))
+        assert r.data.tags["wrapperdist.verdict"] == again.label
     # both deletions share seed 0: its Not-in-PT reFT and the reference probes were computed once
     # (the memo lives in the sweep's stage store)
     assert len(list((tmp_path / "results" / "store").glob("memo-stories-not-in-pt-*"))) == 1

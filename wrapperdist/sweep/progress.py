@@ -134,14 +134,18 @@ class SweepProgress:
         heartbeat line when a minute passed without one (an analysis reports nothing until it ends)."""
         self._stop = threading.Event()
 
-        def tick() -> None:
+        def ticks() -> None:
             while not self._stop.wait(self.refresh_s):
-                with self.lock:
-                    self._draw()
-                    self._heartbeat()
+                self.tick()
 
-        self._ticker = threading.Thread(target=tick, name="sweep-progress", daemon=True)
+        self._ticker = threading.Thread(target=ticks, name="sweep-progress", daemon=True)
         self._ticker.start()
+
+    def tick(self) -> None:
+        """One redraw (and heartbeat, when due): what the ticker thread does every `refresh_s`."""
+        with self.lock:
+            self._draw()
+            self._heartbeat()
 
     # -- events ---------------------------------------------------------------------------------
     def __call__(self, event: str, key: str, result: dict[str, Any]) -> None:
