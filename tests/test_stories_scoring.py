@@ -2,7 +2,7 @@
 generator copies from its prompt is never credited."""
 
 from wrapperdist.config import ExperimentConfig
-from wrapperdist.settings.stories.config import ALIASES, StoriesSection
+from wrapperdist.settings.stories.config import StoriesSection
 from wrapperdist.settings.stories.generator import generate
 from wrapperdist.settings.stories.lm import build_corpus, feature_prompts
 from wrapperdist.settings.stories.records import prompt_text
@@ -67,7 +67,7 @@ def test_reft_points_and_gate():
 
 
 def test_paper_protocol_names():
-    assert ALIASES == {"F+AT": "F+R"}
+    """The project's old name for the paper's F + RR protocol is still read, as F+R."""
     base = {"setting": {"name": "stories", "deletion": "F+AT"},
             "pretrain": {"optim": {"lr": 1e-3, "steps": 1, "batch_size": 1}},
             "finetune": {"optim": {"lr": 1e-3, "steps": 1, "batch_size": 1}}}
