@@ -99,9 +99,8 @@ class ToySetting(AnswerSetting):
         return s.vocab + 1, s.length + 1
 
     def build_model(self, cfg: ExperimentConfig) -> GPT:
-        m, (vocab_size, seq_len) = cfg.model, self.layout(cfg)
-        return GPT(GPTShape(vocab_size=vocab_size, seq_len=seq_len, n_layer=m.n_layer, n_head=m.n_head,
-                            d_model=m.d_model, d_mlp=m.d_mlp or 4 * m.d_model, dropout=m.dropout))
+        vocab_size, seq_len = self.layout(cfg)
+        return GPT(GPTShape.of(cfg.model, vocab_size, seq_len))
 
     def control_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         s = ToySection.of(cfg)

@@ -128,13 +128,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"invalid sweep:\n{err}", file=sys.stderr)
         return 2
     # torch, MLflow and Ray: only once the spec is valid
-    from wrapperdist.sweep.driver import describe, run_sweep
+    from wrapperdist.sweep.driver import plan_summary, run_sweep
     from wrapperdist.sweep.plan import make_plan
     from wrapperdist.tracking import ui_hint
 
     try:
         if args.dry_run:
-            print(describe(sweep, make_plan(sweep)))
+            print(plan_summary(sweep, make_plan(sweep)))
             return 0
         summary = run_sweep(args.spec, local=args.local, resume=args.resume, address=args.address,
                             overrides=args.overrides)

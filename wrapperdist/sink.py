@@ -38,9 +38,6 @@ class MemorySink:
     def history(self, key: str) -> list[tuple[int, float]]:
         return [(step, m[key]) for step, m in self.metrics if key in m]
 
-    def last(self, key: str) -> float:
-        return self.history(key)[-1][1]
-
 
 class TeeSink:
     """Sends everything to several sinks (e.g. MLflow and memory, to plot the curves afterwards)."""

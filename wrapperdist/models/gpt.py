@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wrapperdist.models.hooks import HookedModule, HookPoint
+
+if TYPE_CHECKING:
+    from wrapperdist.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,13 @@ class GPTShape:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def of(cls, model: ModelConfig, vocab_size: int, seq_len: int) -> GPTShape:
+        """The shape an experiment's `model:` section gives, for a setting's vocabulary and length
+        (the MLP width defaults to 4 x d_model, as in the paper's minGPT)."""
+        return cls(vocab_size=vocab_size, seq_len=seq_len, n_layer=model.n_layer, n_head=model.n_head,
+                   d_model=model.d_model, d_mlp=model.d_mlp or 4 * model.d_model, dropout=model.dropout)
 
 
 class Attention(nn.Module):

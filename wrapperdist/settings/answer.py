@@ -104,7 +104,7 @@ class AnswerSetting:
     def finetune_identity(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return default_finetune_identity(cfg)
 
-    def run_label(self, cfg: ExperimentConfig, kind: StageKind, role: str = "main") -> str:
+    def run_label(self, cfg: ExperimentConfig, kind: StageKind) -> str:
         raise NotImplementedError
 
     def describe(self, cfg: ExperimentConfig) -> str:

@@ -1,8 +1,10 @@
 """The registry: the only place that maps a config's `setting.name` to its implementation.
 
 A setting outside this package registers itself: its module defines a config section decorated
-with `schema.register_section` and calls `register(MySetting())`. To make it known to the CLI
-and to Ray workers, name the module in `WRAPPERDIST_PLUGINS` (comma-separated module paths).
+with `schema.register_section` and calls `register(MySetting())`. To make it known to the CLI,
+name the module in `WRAPPERDIST_PLUGINS` (comma-separated module paths); only the CLI reads it. A
+Ray worker imports the module when it unpickles a trial's config, whose section class the module
+defines, and that import registers the setting (the module must be importable on every node).
 
 The built-in implementations are imported on first use, not with this module: validating a config
 needs only the settings' config sections (imported by `wrapperdist.config`), and the

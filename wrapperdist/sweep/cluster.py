@@ -18,6 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+# A Ray Train trial holds a sliver of a CPU and its workers the rest, so trials x workers fit the
+# cluster's CPUs exactly (a trial asking for 1 CPU beside its workers would leave cores idle).
+TRAIN_TRIAL_CPU = 0.01
+TRAIN_WORKER_CPU = 1 - TRAIN_TRIAL_CPU
+
 WHERE = "where."  # report keys that say where a trial ran; never metrics
 TAG_PREFIX = "wrapperdist."
 # The launcher config of the cluster the driver runs on: `ray up` leaves it on the head at
@@ -67,7 +72,7 @@ def node_info() -> dict[str, str]:
     return {"ray_node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
 
-class NodeReport:
+class PlacementReport:
     """Wraps a trial's report function: every report also says where the trial ran, and, once a
     Ray Train run's workers are up (rank 0 says so before its first evaluation), on which nodes."""
 
@@ -131,7 +136,7 @@ def train_trials_that_fit(nodes: list[dict[str, float]], workers: int, use_gpu: 
     if use_gpu:
         slots = sum(min(int(n.get("GPU", 0)), int(n.get("CPU", 0))) for n in nodes)
     else:
-        slots = sum(math.floor(n.get("CPU", 0) / 0.99 + 1e-9) for n in nodes)
+        slots = sum(math.floor(n.get("CPU", 0) / TRAIN_WORKER_CPU + 1e-9) for n in nodes)
     return slots // workers
 
 
@@ -153,7 +158,7 @@ def cluster_layout(layout, max_concurrent_trials: int | None, config: dict[str, 
     return replace(layout, max_concurrent=max(1, fits))
 
 
-def describe(layout) -> str:
+def concurrency_line(layout) -> str:
     if layout.max_concurrent:
         return f"at most {layout.max_concurrent} concurrent trial(s), as the cluster grows"
     return "trials queued on their resource requests (no cap): concurrency grows with the cluster"
@@ -163,7 +168,7 @@ def train_worker_resources(use_gpu: bool, gpus: float = 1.0) -> dict[str, float]
     """One Ray Train worker's request. CPU runs: 0.99 CPU (the trial keeps 0.01, so trials x workers
     never oversubscribe). GPU runs: 1 CPU and `gpus` of a GPU; a fraction below 1 packs several
     tiny workers on one GPU (Ray shares the device, it does not split its memory)."""
-    return {"CPU": 1, "GPU": gpus} if use_gpu else {"CPU": 0.99}
+    return {"CPU": 1, "GPU": gpus} if use_gpu else {"CPU": TRAIN_WORKER_CPU}
 
 
 # -- Ray Train on a cluster whose nodes come and go ------------------------------------------------

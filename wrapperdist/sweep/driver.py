@@ -19,27 +19,26 @@ from wrapperdist.sweep.cluster import (
     RayTarget,
     autoscaling_config,
     cluster_layout,
+    concurrency_line,
     max_nodes,
     pin_autoscaling_coordinator,
     resolve_address,
 )
-from wrapperdist.sweep.cluster import describe as describe_concurrency
 from wrapperdist.sweep.executors import Executor, Layout, LocalExecutor, StudyRef, execute, layout_for
 from wrapperdist.sweep.plan import Plan, make_plan
 from wrapperdist.sweep.progress import SweepProgress
-from wrapperdist.sweep.publish import describe as describe_run
-from wrapperdist.sweep.publish import log_spec
+from wrapperdist.sweep.publish import log_spec, set_description
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import Sweep, load_sweep
 from wrapperdist.sweep.study import storage_url, study_name
 from wrapperdist.tracking import OVERRIDES_TAG, STORE_TAG, Tracker, ui_hint
 
 
-def describe(sweep: Sweep, plan: Plan) -> str:
+def plan_summary(sweep: Sweep, plan: Plan) -> str:
     """The --dry-run listing: every node and the resources the sweep would use."""
     layout = layout_for(sweep)
     lines = [f"sweep {sweep.spec.name!r} from {sweep.source}: {len(sweep.points)} grid point(s)",
-             f"resources: {layout.describe()}",
+             f"resources: {layout.summary()}",
              f"storage: {sweep.spec.storage_path}  (stage store: {sweep.spec.storage_path}/store)", ""]
     for title, nodes in (("pretrain", plan.pretrain), ("finetune", plan.finetune), ("analysis/reFT", plan.downstream)):
         lines.append(f"{title} ({len(nodes)}):")
@@ -125,10 +124,10 @@ def _ray_executor(sweep: Sweep, store: Store, recorder: SweepRecorder, storage: 
     if config is not None:  # GPU nodes the autoscaler may add count for `device: cuda` / `auto`
         gpus = max(gpus, int(sum(n.get("GPU", 0) for n in max_nodes(config))))
     layout = layout_for(sweep, cpus=int(have.get("CPU", 0)) or None, gpus=gpus)
-    log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.describe()}")
+    log(f"Ray cluster: {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs -> {layout.summary()}")
     if target.address:  # a cluster that may grow: see sweep/cluster.py
         layout = cluster_layout(layout, sweep.spec.resources.max_concurrent_trials, config)
-        log(f"on the cluster: {describe_concurrency(layout)}")
+        log(f"on the cluster: {concurrency_line(layout)}")
     return RayExecutor(sweep, store, recorder, layout, storage)
 
 
@@ -226,7 +225,7 @@ def _execute(sweep: Sweep, plan: Plan, store: Store, recorder: SweepRecorder, st
     finally:
         summary = watcher.close()
         log(summary)
-        describe_run(recorder.client, recorder.sweep_run_id, sweep.spec.name, status, summary)
+        set_description(recorder.client, recorder.sweep_run_id, sweep.spec.name, status, summary)
         recorder.close(status)
         signal.signal(signal.SIGTERM, previous)
         if not local:

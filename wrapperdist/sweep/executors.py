@@ -15,6 +15,7 @@ from typing import Protocol
 from wrapperdist.config import ConfigError, ExperimentConfig
 from wrapperdist.setting import Runtime, default_threads
 from wrapperdist.store import Store
+from wrapperdist.sweep.cluster import TRAIN_TRIAL_CPU, TRAIN_WORKER_CPU
 from wrapperdist.sweep.plan import Node, Plan, downstream_nodes, finetune_node, unique
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import SearchConfig, Sweep
@@ -70,7 +71,7 @@ class Layout:
         """What a Tune trial of a `kind` node asks Ray for. A Ray Train trial takes 0.01 CPU: its
         workers ask for the rest. Analyses never take a GPU (they run on the CPU)."""
         if self.train_workers and kind != "analysis":
-            return {"cpu": 0.01}
+            return {"cpu": TRAIN_TRIAL_CPU}
         request = {"cpu": self.cpu_request}
         if self.use_gpu and not self.train_workers and kind != "analysis":
             request["gpu"] = self.gpus_per_trial
@@ -99,7 +100,7 @@ class Layout:
         device = self.device if kind != "analysis" and not self.train_workers else "cpu"
         return Runtime(threads=self.threads_per_trial, progress=False, device=device)
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         if self.train_workers:
             return (f"{self.max_concurrent} concurrent trial(s), each a Ray Train run of {self.train_workers} DDP "
                     f"worker(s) × 1 torch thread{' + 1 GPU' if self.use_gpu else ''} on {self.cpus} CPUs")
@@ -119,7 +120,7 @@ def layout_for(sweep: Sweep, cpus: int | None = None, gpus: int | None = None) -
         if device == "cuda":
             fits = max(1, gpus // r.train_workers)
         else:
-            fits = max(1, math.floor(cpus / (0.01 + 0.99 * r.train_workers)))
+            fits = max(1, math.floor(cpus / (TRAIN_TRIAL_CPU + TRAIN_WORKER_CPU * r.train_workers)))
         return Layout(cpus, 1, min(r.max_concurrent_trials or fits, fits), r.train_workers, device)
     threads = min(r.cpus_per_trial, cpus)
     fits = max(1, cpus // threads)

@@ -32,7 +32,7 @@ def execution_note(name: str, status: str, summary: str) -> str:
     return f"**Sweep {name}: {status}**\n\n```\n{summary}\n```\n"
 
 
-def describe(client: MlflowClient, run_id: str, name: str, status: str, summary: str) -> None:
+def set_description(client: MlflowClient, run_id: str, name: str, status: str, summary: str) -> None:
     """The run's description: the summary table (report.py adds the report above it)."""
     note = execution_note(name, status, summary) + (
         "\nThe figures and tables: `python analysis/report.py` logs them to this run (artifacts `report/`)."

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from wrapperdist.config import ExperimentConfig
 from wrapperdist.store import Store
-from wrapperdist.sweep.cluster import NodeReport
+from wrapperdist.sweep.cluster import PlacementReport
 from wrapperdist.sweep.executors import Layout, StudyRef
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report, node_report
 from wrapperdist.sweep.ray_callback import MLflowTreeCallback
@@ -64,7 +64,7 @@ def node_of_trial(config: dict[str, Any], trial_id: str, nodes: dict[str, Node])
 def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
     """A Tune function trial: one node (grid), or one sampled fine-tune (search)."""
     trial_id = tune.get_context().get_trial_id()
-    report = NodeReport(tune.report)  # every report also says on which Ray node the trial ran
+    report = PlacementReport(tune.report)  # every report also says on which Ray node the trial ran
     node = node_of_trial(config, trial_id, context.nodes)
     sampled = node.key != config[NODE_KEY]
     layout = context.layout

@@ -43,7 +43,7 @@ from wrapperdist.setting import Runtime
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.sink import MemorySink
 from wrapperdist.stages import run_stage
-from wrapperdist.sweep.cluster import NodeReport, gather_worker_nodes, train_failure_config, train_worker_resources
+from wrapperdist.sweep.cluster import PlacementReport, gather_worker_nodes, train_failure_config, train_worker_resources
 from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
 from wrapperdist.train.distributed import Distributed
@@ -251,7 +251,7 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
             while not ended:
                 items, ended = ray.get(runs.take.remote(key, 1.0))
                 for kind, value in items:
-                    if kind == "nodes" and isinstance(report, NodeReport):
+                    if kind == "nodes" and isinstance(report, PlacementReport):
                         report.train_workers_ran_on(value)
                     elif kind == "report":
                         report(value)  # tune.report: where a scheduler's stop reaches this trial

@@ -24,8 +24,9 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW (or SGD with momentum) with weight decay on matrices only, as in nanoGPT: decaying
-    biases, LayerNorm gains and embeddings' rows toward zero only hurts."""
+    """AdamW (or SGD with momentum) with weight decay on every tensor of 2 or more dimensions, as in
+    nanoGPT: the weight matrices and the token and position embeddings; biases and LayerNorm gains
+    are not decayed (pulling them toward zero only hurts)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -40,7 +41,6 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 @dataclass
 class TrainResult:
-    steps: int
     final_metrics: dict[str, float]
     checkpoint: Path | None
 
@@ -118,4 +118,4 @@ def train(
     if not cfg.eval_every:
         run_eval(cfg.steps)
     write_checkpoint(cfg.steps)
-    return TrainResult(steps=cfg.steps, final_metrics=metrics, checkpoint=checkpoint_path)
+    return TrainResult(final_metrics=metrics, checkpoint=checkpoint_path)

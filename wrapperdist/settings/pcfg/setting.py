@@ -140,9 +140,8 @@ class PCFGSetting(AnswerSetting):
         return tasks.vocab.size, tasks.seq_len
 
     def build_model(self, cfg: ExperimentConfig) -> GPT:
-        m, (vocab_size, seq_len) = cfg.model, self.layout(cfg)
-        return GPT(GPTShape(vocab_size=vocab_size, seq_len=seq_len, n_layer=m.n_layer, n_head=m.n_head,
-                            d_model=m.d_model, d_mlp=m.d_mlp or 4 * m.d_model, dropout=m.dropout))
+        vocab_size, seq_len = self.layout(cfg)
+        return GPT(GPTShape.of(cfg.model, vocab_size, seq_len))
 
     def loss_fn(self, cfg: ExperimentConfig, stage: DataStage) -> LossFn:
         """Pretraining: next-token prediction over the whole sequence (paper App. C.2) unless the

@@ -61,9 +61,8 @@ class StoriesSetting:
     reft_eval_keys = None
 
     def _shape(self, cfg: ExperimentConfig) -> GPTShape:
-        s, m = StoriesSection.of(cfg), cfg.model
-        return GPTShape(vocab_size=build_tokenizer(s).get_vocab_size(), seq_len=s.seq_len, n_layer=m.n_layer,
-                        n_head=m.n_head, d_model=m.d_model, d_mlp=m.d_mlp or 4 * m.d_model, dropout=m.dropout)
+        s = StoriesSection.of(cfg)
+        return GPTShape.of(cfg.model, build_tokenizer(s).get_vocab_size(), s.seq_len)
 
     def control_label(self, cfg: ExperimentConfig) -> str:
         return "Not-in-PT control"
