@@ -352,9 +352,10 @@ PCFG_CLAIMS = [
 
 
 # -- Tracr -------------------------------------------------------------------------------------------
+TRACR_COUNTER = "tracr=counter(a)"  # a Tracr fine-tune's `prior` field names its compiled program
 def tracr_single_weight(rows: list) -> Judgement:
     """Item 7 (Fig. 10): pruning a single weight gives a > 60 % gain on count a."""
-    cell = [r for r in select(rows, "tracr") if "counter" in r["ft"].prior]
+    cell = select(rows, "tracr", TRACR_COUNTER)
     if not cell:
         return Judgement("inconclusive", "no Tracr Counter data")
     best = max(values(cell, "evidence.prune_best_gain") or [0.0])
@@ -366,7 +367,8 @@ def tracr_single_weight(rows: list) -> Judgement:
 TRACR_CLAIMS = [
     Claim("7a", "tracr", "Counter at eta_S with no correlation fails: O_FT 27.2 % on C_Te = 0 (Tab. 3)",
           "O_FT on C_Te = 0 upper bound <= 50 %",
-          _ft_claim("tracr", None, ("S",), lambda c: c == 0.0, "ft_acc", _below(0.5, 0.6), "Counter, eta_S, C_Tr = 0")),
+          _ft_claim("tracr", TRACR_COUNTER, ("S",), lambda c: c == 0.0, "ft_acc", _below(0.5, 0.6),
+                    "Counter, eta_S, C_Tr = 0")),
     Claim("7b", "tracr", "correlated fine-tunes learn the spurious rule: high O_FT on C_Te = 1, near 0 on C_Te = 0 "
           "(Tab. 3)", "C_Tr = 1: O_FT on C_Te = 0 upper bound <= 10 %",
           _ft_claim("tracr", None, ("M", "S"), lambda c: c == 1.0, "ft_acc", _below(0.1, 0.3),
