@@ -5,6 +5,8 @@ edit to the package) runs pretrain → fine-tune → analysis through `wrapperdi
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -183,3 +185,28 @@ def test_local_sweep_shares_the_pretrain(tmp_path, capsys):
     finetune_ids = sorted(r.info.run_id for r in stages["finetune"])
     for stage in ("analysis", "reft"):  # one of each under each fine-tune
         assert sorted(r.data.tags["mlflow.parentRunId"] for r in stages[stage]) == finetune_ids, stage
+
+
+@pytest.mark.ray
+def test_a_plugin_setting_runs_inside_ray_workers(tmp_path):
+    """The plug-in is named only to the CLI ($WRAPPERDIST_PLUGINS); the Ray trials that pretrain and
+    fine-tune it import it when they unpickle their node's config (its section class lives in the
+    plug-in module), which registers the setting there too. Real Ray, in a subprocess."""
+    write_experiment(tmp_path)
+    spec = tmp_path / "toy_sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "toy-ray", "experiment": "toy_experiment.yaml", "analyze": False,
+        "storage_path": str(tmp_path / "ray_results"), "resources": {"cpus": 1, "max_failures": 0}}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, PLUGINS_ENV: PLUGIN, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "wrapperdist.cli", "sweep", str(spec)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stages, _ = runs_by_stage(uri)
+    for stage in ("pretrain", "finetune"):
+        (run,) = stages[stage]
+        assert run.info.status == "FINISHED" and run.data.params["setting.name"] == "toy"
+        assert run.data.tags.get("wrapperdist.ray_node_id"), "not run in a Ray trial"  # a Ray worker's report
+    assert {"pt_acc", "ft_acc"} <= stages["finetune"][0].data.metrics.keys()
+    assert "toy" not in SETTINGS  # this process never imported the plug-in: only the subprocess's workers did
