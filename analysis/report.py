@@ -70,6 +70,13 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def _start(client: MlflowClient, run, key: str) -> float:
+    """A fine-tune's step-0 value of `key`; NaN for a setting that has no such metric (the
+    TinyStories deletions log losses and twist rates, not answer accuracies)."""
+    history = _history(client, run.info.run_id, key) if key in run.data.metrics else []
+    return history[0][1] if history else float("nan")
+
+
 def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[FineTune]:
     runs = client.search_runs([experiment_id], filter_string=f"tags.`wrapperdist.sweep` = '{sweep_id}'",
                               max_results=50_000)
@@ -85,8 +92,7 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
         pretrained = _pretrained_as(names.get(r.data.tags.get(PARENT_TAG, ""), ""))
         ft = FineTune(r.info.run_id, pretrained, float(p["finetune.optim.lr"]),
                       float(p.get("setting.spurious_fraction", 0.0)), int(p["seed"]), dict(r.data.metrics),
-                      _history(client, r.info.run_id, "pt_acc")[0][1],
-                      _history(client, r.info.run_id, "ft_acc")[0][1])
+                      _start(client, r, "pt_acc"), _start(client, r, "ft_acc"))
         for key in START_KEYS:
             start = _history(client, r.info.run_id, key) if key in r.data.metrics else []
             if start:

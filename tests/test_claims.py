@@ -124,3 +124,12 @@ def test_embedding_replaces_the_block_and_nothing_else():
     assert claims.embedded(once, text) == once  # idempotent
     with pytest.raises(ValueError, match="claims:start"):
         claims.embedded("no markers here", text)
+
+
+def test_runs_data_reads_a_setting_without_answer_accuracies():
+    """A TinyStories fine-tune logs losses and twist rates, no pt_acc / ft_acc: its start values are
+    NaN, not an IndexError (make stories' export failed on that)."""
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(info=SimpleNamespace(run_id="r"), data=SimpleNamespace(metrics={"twist_rate": 0.3}))
+    assert report._start(None, run, "pt_acc") != report._start(None, run, "pt_acc")  # NaN
