@@ -379,21 +379,28 @@ TRACR_CLAIMS = [
 
 
 # -- TinyStories ------------------------------------------------------------------------------------
+def _deleted(cell: list) -> list:
+    """The deletions that removed the feature: the twist rate fell by at least LOST (as items 4 and 6
+    count only fine-tunes that lost O_PT: a deletion that deleted nothing has nothing to revive)."""
+    return [r for r in cell if final(r, "evidence.rate_finetuned") is not None
+            and final(r, "evidence.rate_pretrained") - final(r, "evidence.rate_finetuned") >= LOST]
+
+
 def stories_revival(rows: list) -> Judgement:
     """Item 10 (Tab. 1): at 30 reFT iterations (1 % of the budget) every deleted model is at or above
     the Not-in-PT control."""
     cell = select(rows, "stories")
     if not cell:
         return Judgement("inconclusive", "no TinyStories data")
-    deleted = [final(r, "evidence.rate_pretrained") - final(r, "evidence.rate_finetuned") for r in cell
-               if final(r, "evidence.rate_finetuned") is not None]
-    if stat(deleted).mean < LOST:
-        return Judgement("inconclusive", f"deletion did not remove the feature (mean drop "
-                                         f"{100 * stat(deleted).mean:.1f} points < {100 * LOST:.0f})")
-    gap = stat(final(r, "tab1.deleted.at_1") - final(r, "tab1.not_in_pt.at_1") for r in cell
+    deleted = _deleted(cell)
+    if not deleted:
+        return Judgement("inconclusive", f"no deletion removed {100 * LOST:.0f} points of the twist rate")
+    gap = stat(final(r, "tab1.deleted.at_1") - final(r, "tab1.not_in_pt.at_1") for r in deleted
                if final(r, "tab1.deleted.at_1") is not None)
-    return capped(cell, Judgement(graded(gap.low >= 0, gap.mean >= 0),
-                                  f"twist rate at 1 % of reFT, deleted minus Not-in-PT: {gap}"))
+    return capped(deleted, Judgement(graded(gap.low >= 0, gap.mean >= 0),
+                                     f"twist rate at 1 % of reFT, deleted minus Not-in-PT: {gap}, over the "
+                                     f"{len(deleted)} of {len(cell)} deletions that removed >= {100 * LOST:.0f} "
+                                     "points"))
 
 
 def stories_probe(rows: list) -> Judgement:
@@ -401,18 +408,29 @@ def stories_probe(rows: list) -> Judgement:
     cell = select(rows, "stories")
     if not cell:
         return Judgement("inconclusive", "no TinyStories data")
-    gap = stat(a - b for a, b in zip(values(cell, "evidence.probe_finetuned"),
-                                     values(cell, "evidence.probe_pretrained"), strict=True))
-    return capped(cell, Judgement(graded(gap.low >= -0.05, gap.mean >= -0.05),
-                                  f"deleted minus Present-in-PT probe accuracy {gap}"))
+    deleted = _deleted(cell)
+    if not deleted:
+        return Judgement("inconclusive", f"no deletion removed {100 * LOST:.0f} points of the twist rate")
+    gap = stat(a - b for a, b in zip(values(deleted, "evidence.probe_finetuned"),
+                                     values(deleted, "evidence.probe_pretrained"), strict=True))
+    control = stat(a - b for a, b in zip(values(deleted, "evidence.probe_control"),
+                                         values(deleted, "evidence.probe_pretrained"), strict=True))
+    numbers = f"deleted minus Present-in-PT probe accuracy {gap} over the {len(deleted)} deletions that removed it"
+    if control.n:
+        numbers += f"; Not-in-PT minus Present-in-PT {control}"
+        if control.mean > -0.05:  # precondition: the probe must tell a model without the feature from one with it
+            return Judgement("inconclusive", numbers + ": the probe reads the twist as well on a model that never "
+                                                       "saw one, so it cannot show the feature is kept")
+    return capped(deleted, Judgement(graded(gap.low >= -0.05, gap.mean >= -0.05), numbers))
 
 
 STORIES_CLAIMS = [
     Claim("10a", "stories", "at 30 reFT iterations every deleted model is at or above the Not-in-PT control "
-          "(44-88 % vs 31 %; Tab. 1)", "deleted minus control at 1 % of reFT, lower bound >= 0; precondition: "
-          "deletion removed >= 20 points of the twist rate", stories_revival),
+          "(44-88 % vs 31 %; Tab. 1)", "over the deletions that removed >= 20 points of the twist rate: deleted "
+          "minus control at 1 % of reFT, lower bound >= 0", stories_revival),
     Claim("10b", "stories", "the Twist probe stays close to Present in PT (Fig. 11)",
-          "deleted minus Present-in-PT lower bound >= -5 points", stories_probe),
+          "deleted minus Present-in-PT lower bound >= -5 points; precondition: the probe reads Not-in-PT >= 5 "
+          "points below Present-in-PT", stories_probe),
 ]
 
 CLAIMS = [*PCFG_CLAIMS, *TRACR_CLAIMS, *STORIES_CLAIMS]
