@@ -1,6 +1,7 @@
 import os
 import tempfile
 
+import mlflow
 import pytest
 import yaml
 
@@ -31,7 +32,11 @@ TINY = {
 @pytest.fixture
 def tiny_config(tmp_path, monkeypatch):
     """A seconds-long experiment writing to a private MLflow store and output dir."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # The library's recorder calls mlflow.set_tracking_uri, which outlives a test and beats the
+    # environment: without this, a test that records nothing would read the previous test's store.
+    mlflow.set_tracking_uri(uri)
     cfg = dict(TINY, output_dir=str(tmp_path / "runs"), tracking={"experiment": "test"})
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
