@@ -439,11 +439,14 @@ CLAIMS = [*PCFG_CLAIMS, *TRACR_CLAIMS, *STORIES_CLAIMS]
 def unique(rows: list) -> list:
     """One row per fine-tune condition and seed: a sweep that reuses another's stages (e.g. the
     5-seed headline over the demo's store) records the reused fine-tunes again, and counting them
-    twice would narrow every interval. The later file's row wins."""
+    twice would narrow every interval. The fine-tune is what is counted, so analysis options do not
+    tell two rows apart (a sweep recorded before an analysis option existed lacks its parameter).
+    The later file's row wins."""
     by_condition = {}
     for r in rows:
         ft = r["ft"]
-        key = (r["setting"], ft.prior, ft.lr, ft.c_tr, ft.seed, tuple(sorted(r.get("params", {}).items())))
+        params = tuple(sorted((k, str(v)) for k, v in r.get("params", {}).items() if not k.startswith("analysis.")))
+        key = (r["setting"], ft.prior, ft.lr, ft.c_tr, ft.seed, params)
         by_condition[key] = r
     return list(by_condition.values())
 

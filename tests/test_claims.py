@@ -113,6 +113,12 @@ def test_a_fine_tune_recorded_by_two_sweeps_counts_once():
     assert all(r is s for r, s in zip(sorted(rows, key=lambda r: r["ft"].seed), second, strict=True))
     other_lr = fine_tune(0, lr=1e-4)
     assert len(claims.unique(first + [other_lr])) == 4  # another condition is another fine-tune
+    # the demo's file predates an analysis option; the 5-seed file records it: still one fine-tune each
+    older = [{**r, "params": {"model.d_model": "64"}} for r in first]
+    newer = [{**r, "params": {"model.d_model": "64", "analysis.probe.fresh_batch_size": "None"}} for r in second]
+    assert sorted(r["ft"].seed for r in claims.unique(older + newer)) == [0, 1, 2, 3, 4]
+    wider = {**older[0], "params": {"model.d_model": "128"}}
+    assert len(claims.unique(older + [wider])) == 4  # a fine-tune parameter still tells them apart
 
 
 def test_embedding_replaces_the_block_and_nothing_else():

@@ -63,7 +63,9 @@ def test_progress_counts_eta_and_failed_trials():
     assert lines[0].startswith("[finetune] 4 trial(s) | 0/4")
     assert "[finetune] finished: ft lr=1 | 2/4 | done 1, running 1, failed 0, cached 1 | elapsed 1:00, ETA 1:00" \
         in out.getvalue()  # 1.5 trials of work in 60 s, 1.5 left
-    assert "[finetune] FAILED: ft lr=2 | 3/4 | done 1, running 0, failed 1, cached 1" in out.getvalue()
+    # the live line says why, as the summary does
+    assert "[finetune] FAILED: ft lr=2: ValueError: lr too large | 3/4 | done 1, running 0, failed 1, cached 1" \
+        in out.getvalue()
     summary = progress.close()
     assert summary.splitlines()[1].split() == ["finetune", "4", "1", "1", "1", "1:00"]
     assert "[finetune] ft lr=2: ValueError: lr too large" in summary

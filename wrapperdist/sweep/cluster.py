@@ -182,10 +182,12 @@ def train_failure_config():
     - controller_failure_limit > 0: after a worker died at start-up the controller asked for a new
       worker-group placement group while its first one stayed CREATED on the surviving nodes, and
       the new one stayed PENDING for good (the node-loss test hung on it).
-    A Train run that ends releases its placement group, so Tune's retry starts clean."""
+    A run whose controller died with a node does not release its group: the driver removes it before
+    Tune's retry (`TrainRuns.release_trial`), so the retry fits in the capacity the cluster had."""
     import ray.train
 
-    return ray.train.FailureConfig(max_failures=0, controller_failure_limit=0)
+    # preemptions too (Train would retry those without limit, inside the trial): one retry path, Tune's
+    return ray.train.FailureConfig(max_failures=0, controller_failure_limit=0, max_preemption_failures=0)
 
 
 class WhereTags:

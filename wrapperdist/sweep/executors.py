@@ -58,6 +58,7 @@ class Layout:
     device: str = "cpu"  # resolved: "cpu" or "cuda"
     cpus_per_trial: float | None = None  # what a trial asks Ray for; None: its threads
     gpus_per_trial: float = 0.0  # what an in-process training trial asks Ray for, on cuda
+    worker_start_timeout_s: float = 1200.0  # a Ray Train run's wait for its workers (resources.*)
 
     @property
     def use_gpu(self) -> bool:
@@ -121,7 +122,8 @@ def layout_for(sweep: Sweep, cpus: int | None = None, gpus: int | None = None) -
             fits = max(1, gpus // r.train_workers)
         else:
             fits = max(1, math.floor(cpus / (TRAIN_TRIAL_CPU + TRAIN_WORKER_CPU * r.train_workers)))
-        return Layout(cpus, 1, min(r.max_concurrent_trials or fits, fits), r.train_workers, device)
+        return Layout(cpus, 1, min(r.max_concurrent_trials or fits, fits), r.train_workers, device,
+                      worker_start_timeout_s=r.worker_start_timeout_s)
     threads = min(r.cpus_per_trial, cpus)
     fits = max(1, cpus // threads)
     max_concurrent = min(r.max_concurrent_trials or fits, fits)
@@ -216,7 +218,15 @@ def execute(plan: Plan, sweep: Sweep, runner: Executor, progress: Callable[[str]
         progress(f"phase {name}: {len(nodes)} node(s)")
         if on_phase:
             on_phase(name, nodes)
-        return runner.run_nodes(nodes, name)
+        runnable = []
+        for node in nodes:
+            failed_inputs = [k for k in (node.parent, *node.requires) if k in runner.recorder.failed]
+            if failed_inputs:  # no trial for it: it would only find its input missing from the store
+                runner.recorder.fail(node, f"not run: its input {', '.join(failed_inputs)} failed in this "
+                                           "sweep; `wrapperdist sweep --resume` runs both")
+            else:
+                runnable.append(node)
+        return runner.run_nodes(runnable, name)
 
     done_pre = phase(plan.pretrain, "pretrain")
     search = sweep.spec.search

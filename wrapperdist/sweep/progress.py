@@ -14,6 +14,7 @@ trials that really run, so an estimate exists from the first evaluation report o
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -41,6 +42,13 @@ def _clock(seconds: float | None) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def error_line(error: str, width: int = 300) -> str:
+    """A traceback's last line, the exception's module path dropped ("TrainCapacityError: no room
+    …", not "wrapperdist.sweep.ray_train.TrainCapacityError: …"): what a summary line has room for."""
+    last = next((x for x in reversed(error.strip().splitlines()) if x.strip()), "no error text").strip()
+    return re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_]\w*: )", "", last)[:width]
 
 
 @dataclass
@@ -174,7 +182,7 @@ class SweepProgress:
                 if not self.tty:
                     status = {"fail": "FAILED", "stopped": "stopped early"}.get(event, "cached" if key in p.cached
                                                                                    else "finished")
-                    self._line(f"{status}: {name}")
+                    self._line(f"{status}: {name}" + (f": {error_line(p.failed[key][1])}" if event == "fail" else ""))
             self._draw()
 
     # -- output ---------------------------------------------------------------------------------
@@ -214,6 +222,5 @@ class SweepProgress:
         if failed:
             lines.append(f"failed trials ({len(failed)}):")
             for phase, name, error in failed:
-                last = next((x for x in reversed(error.strip().splitlines()) if x.strip()), "no error text")
-                lines.append(f"  [{phase}] {name}: {last[:200]}")
+                lines.append(f"  [{phase}] {name}: {error_line(error)}")
         return "\n".join(lines)

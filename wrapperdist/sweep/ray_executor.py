@@ -71,7 +71,7 @@ def _tune_trainable(config: dict[str, Any], context: TrialContext) -> None:
     backend = None
     if layout.train_workers and node.kind in ("pretrain", "finetune", "reft"):
         backend = ray_train_backend(report, layout.train_workers, layout.use_gpu, context.storage,
-                                    context.run_name, context.train_runs, trial_id)
+                                    context.run_name, context.train_runs, trial_id, layout.worker_start_timeout_s)
     try:
         outcome = run_node(node, Store(context.store), report, layout.runtime(node.kind), backend,
                            announce=not sampled)

@@ -43,7 +43,13 @@ from wrapperdist.setting import Runtime
 from wrapperdist.settings.registry import setting_for
 from wrapperdist.sink import MemorySink
 from wrapperdist.stages import run_stage
-from wrapperdist.sweep.cluster import PlacementReport, gather_worker_nodes, train_failure_config, train_worker_resources
+from wrapperdist.sweep.cluster import (
+    WORKER_START_TIMEOUT_ENV,
+    PlacementReport,
+    gather_worker_nodes,
+    train_failure_config,
+    train_worker_resources,
+)
 from wrapperdist.sweep.plan import Node
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
 from wrapperdist.train.distributed import Distributed
@@ -63,7 +69,6 @@ class _Run:
         self.changed = asyncio.Event()
         self.ended = asyncio.Event()  # the trial's fit() returned or raised
         self.placement_group = None
-        self.stop_requested = False
 
     def add(self, item: tuple[str, Any]) -> None:
         self.items.append(item)
@@ -79,6 +84,7 @@ class TrainRuns:
     def __init__(self) -> None:
         self.runs: dict[str, _Run] = {}
         self.current: dict[str, str] = {}  # trial id -> the key of its latest run
+        self.closed: set[str] = set()  # runs stopped or released: a group posted late is removed on arrival
 
     async def open(self, trial_id: str) -> str:
         key = f"{trial_id}/{uuid.uuid4().hex[:8]}"
@@ -86,14 +92,20 @@ class TrainRuns:
         self.current[trial_id] = key
         return key
 
-    async def started(self, key: str, placement_group, nodes: list[str]) -> None:
-        run = self.runs.get(key)
-        if run is None:
+    async def placed(self, key: str, placement_group) -> None:
+        """Every rank posts its run's placement group as its first act, so the driver knows it even
+        when a node dies before rank 0 gets far (the first post wins; they are all the same group)."""
+        if key in self.closed:  # stopped, or its trial failed, before its workers were up
+            with contextlib.suppress(Exception):  # another rank's post removed it already
+                remove_placement_group(placement_group)
             return
-        run.placement_group = placement_group
-        run.add(("nodes", nodes))
-        if run.stop_requested:  # stopped before its workers were up
-            remove_placement_group(placement_group)
+        run = self.runs.get(key)
+        if run is not None and run.placement_group is None:
+            run.placement_group = placement_group
+
+    async def started(self, key: str, nodes: list[str]) -> None:
+        if key in self.runs:
+            self.runs[key].add(("nodes", nodes))
 
     async def put(self, key: str, report: dict[str, Any]) -> None:
         if key in self.runs:
@@ -125,7 +137,7 @@ class TrainRuns:
         if run is None or run.ended.is_set():
             self._forget(key)
             return "ended"
-        run.stop_requested = True
+        self.closed.add(key)  # a group posted from now on is removed on arrival
         if run.placement_group is not None:
             remove_placement_group(run.placement_group)
         try:
@@ -140,12 +152,25 @@ class TrainRuns:
         key = self.current.get(trial_id)
         return await self.stop(key, timeout) if key else "ended"
 
-    async def forget_trial(self, trial_id: str) -> None:
+    async def release_trial(self, trial_id: str) -> bool:
+        """A trial failed (and may be retried): free what its Train run holds, without waiting. When
+        a node dies, Ray re-reserves the dead run's bundles on the nodes that replace it and keeps the
+        whole group until the job ends (its controller may have died with the node, and Ray frees a
+        group only when both its creator and its job are gone), so a retry on a cluster at its full
+        size would never fit. True if a placement group was removed."""
         key = self.current.get(trial_id)
-        if key:
-            self._forget(key)
+        run = self.runs.get(key) if key else None
+        if run is None:
+            return False
+        removed = run.placement_group is not None
+        if removed:
+            with contextlib.suppress(Exception):  # already removed by its controller
+                remove_placement_group(run.placement_group)
+        self._forget(key)
+        return removed
 
     def _forget(self, key: str) -> None:
+        self.closed.add(key)
         self.runs.pop(key, None)
         trial_id = key.split("/", 1)[0]
         if self.current.get(trial_id) == key:
@@ -171,8 +196,12 @@ class StopTrainRuns(Callback):
             log.warning("the Ray Train run of stopped trial %s did not end within %.0f s", trial.trial_id,
                         self.timeout_s)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        # Tune calls this before it schedules the retry: the failed run's group is gone by then
+        ray.get(self.runs.release_trial.remote(trial.trial_id))
+
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.runs.forget_trial.remote(trial.trial_id)
+        ray.get(self.runs.release_trial.remote(trial.trial_id))
 
 
 class _LiveReports:
@@ -182,8 +211,11 @@ class _LiveReports:
     def __init__(self, runs, key: str):
         self.runs, self.key, self.last = runs, key, None
 
+    def placed(self) -> None:
+        self.last = self.runs.placed.remote(self.key, get_current_placement_group())
+
     def started(self, nodes: list[str]) -> None:
-        self.last = self.runs.started.remote(self.key, get_current_placement_group(), nodes)
+        self.last = self.runs.started.remote(self.key, nodes)
 
     def __call__(self, result: dict[str, Any]) -> None:
         self.last = self.runs.put.remote(self.key, result)
@@ -194,13 +226,14 @@ class _LiveReports:
 
 
 def _worker(config: dict[str, Any]) -> None:
+    live = _LiveReports(config["runs"], config["key"])
+    live.placed()  # first, on every rank: what the driver frees if this run dies (TrainRuns.release_trial)
     ctx = ray.train.get_context()
     dist = Distributed(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), wrap=prepare_model)
     node: Node = config["node"]
     setting = setting_for(node.config)
     init = Path(config["init"]) if config["init"] else None
     nodes = gather_worker_nodes()  # a collective: every rank, before any may return
-    live = _LiveReports(config["runs"], config["key"])
     sink = MemorySink()  # other ranks log nothing (the loop evaluates and logs on rank 0)
     if dist.is_main:
         live.started(nodes)
@@ -217,10 +250,40 @@ def _worker(config: dict[str, Any]) -> None:
             ray.train.report({"done": 1}, checkpoint=None)
 
 
+class TrainCapacityError(RuntimeError):
+    """A stage's Ray Train run never got its workers' resources: the cluster cannot hold them, or
+    they did not come back (a lost node not replaced) within resources.worker_start_timeout_s. The
+    message is one line, the one the sweep's summary prints for the stage."""
+
+
+# Ray says why a worker group did not start only through internal exception classes
+# (ray.train.v2._internal.exceptions), carried as the public ControllerError's `controller_failure`.
+# Matched by name; tests/test_ray_sweep.py fails when a Ray upgrade renames them.
+CAPACITY_FAILURES = ("WorkerGroupStartupTimeoutError", "InsufficientClusterResourcesError")
+
+
+def capacity_shortfall(error: BaseException) -> bool:
+    """Whether `trainer.fit()` failed because its worker group never got its resources."""
+    return type(getattr(error, "controller_failure", None)).__name__ in CAPACITY_FAILURES
+
+
+def capacity_message(node: Node, workers: int, per_worker: dict[str, float], timeout_s: float,
+                     available: dict[str, float]) -> str:
+    need = ", ".join(f"{k} {v:g}" for k, v in per_worker.items())
+    free = ", ".join(f"{k} {available.get(k, 0):g}" for k in per_worker) or "nothing"
+    return (f"{node.kind} '{node.name}': no room for its Ray Train run: needs {workers} × {{{need}}}, "
+            f"{{{free}}} free after {timeout_s:g} s (resources.worker_start_timeout_s); "
+            f"`wrapperdist sweep --resume` runs it once the nodes are back")
+
+
 def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path: str, run_name: str, runs,
-                      trial_id: str) -> TrainBackend:
+                      trial_id: str, start_timeout_s: float) -> TrainBackend:
     def run(node: Node, init: Path | None, out_dir: Path):
         key = ray.get(runs.open.remote(trial_id))
+        # Ray Train reads its start timeout from the environment only, and passes the trainer's
+        # process's value on to its controller: set here, in the trial's own process, from the spec,
+        # so it holds on any cluster the driver attaches to (not only where a launcher file sets it).
+        os.environ[WORKER_START_TIMEOUT_ENV] = str(start_timeout_s)
         per_worker = train_worker_resources(use_gpu)  # 0.01 CPU is the Tune trial's own share
         trainer = TorchTrainer(
             _worker,
@@ -261,6 +324,10 @@ def ray_train_backend(report: Report, workers: int, use_gpu: bool, storage_path:
             raise
         fitting.join()
         if "error" in outcome:
+            ray.get(runs.release_trial.remote(trial_id))  # the driver does it too, if this process dies
+            if capacity_shortfall(outcome["error"]):
+                raise TrainCapacityError(capacity_message(node, workers, per_worker, start_timeout_s,
+                                                          ray.available_resources())) from outcome["error"]
             raise outcome["error"]
         out_dir.mkdir(parents=True, exist_ok=True)
         with outcome["result"].checkpoint.as_directory() as ckpt:

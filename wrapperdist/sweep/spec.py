@@ -98,7 +98,13 @@ class ResourcesConfig(Strict):
         "GPU (e.g. 0.125: 8 per GPU; None: the trials the CPUs allow share the GPUs evenly); a Ray Train "
         "worker always takes a whole GPU")
     max_concurrent_trials: PositiveInt | None = Field(None, description="None: what the CPUs (and GPUs) allow")
-    max_failures: Annotated[int, Field(ge=0)] = Field(1, description="retries of a trial that raises")
+    max_failures: Annotated[int, Field(ge=0)] = Field(
+        1, description="retries of a trial that raises (a Ray Train run that lost a node included: the "
+        "retry starts a fresh run on the nodes there are then)")
+    worker_start_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        1200.0, description="how long a Ray Train run waits for its workers' resources before its trial "
+        "fails (then retried, max_failures): long enough for an autoscaler to boot a replacement node "
+        "(Ray's own default, 60 s, is not); applies on every cluster the driver runs on or attaches to")
 
     @model_validator(mode="before")
     @classmethod
