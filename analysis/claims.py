@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_tables import mean_ci  # noqa: E402
-from report import PRIOR_ORDER  # noqa: E402
+from sweep_runs import PRIOR_ORDER  # noqa: E402
 
 MIN_SEEDS = 3  # below this a claim is inconclusive, whatever its means say
 # The paper's fine-tuning LRs by name, per setting (PCFG: App. C.2, kept at the CPU scale; Tracr: Tab. 3)

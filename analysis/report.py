@@ -13,232 +13,29 @@ the sweep's MLflow run (artifacts report/, the report as the run's description; 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_tables import mean_ci  # noqa: E402
+from report_figures import (  # noqa: E402
+    PROBE_SERIES,
+    PRUNING_SERIES,
+    accuracy_figure,
+    panel_grid,
+    revival_figure,
+    spurious_figure,
+)
+from sweep_runs import FineTune, collect, grouped  # noqa: E402
 
 from wrapperdist.sweep.publish import publish_report  # noqa: E402
-from wrapperdist.tracking import PARENT_TAG, STAGE_TAG, resolve_tracking_uri, ui_hint  # noqa: E402
-
-PROBE_MODELS = ("pretrained", "fine-tuned", "reFT", "random")
-ANALYSIS_PREFIXES = ("prune.", "probe.", "reft.", "evidence.", "verdict_", "weights.", "answers.", "floor.",
-                     "tab1.", "gen.", "probe_layer.", "reftloss.")  # the analysis run's metrics a FineTune keeps
-# the pretrained model, as the fine-tune's step-0 evaluation saw it
-START_KEYS = ("pt_acc", "ft_acc", "pt_acc_spurious", "ft_acc_spurious", "pt_acc_plain", "ft_acc_plain")
-
-
-@dataclass
-class FineTune:
-    run_id: str
-    prior: str
-    lr: float
-    c_tr: float
-    seed: int
-    metrics: dict[str, float]
-    pt_acc_pretrained: float  # the fine-tune's step-0 evaluation: the pretrained model, before any FT
-    ft_acc_pretrained: float
-    analysis: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (x, value)
-    start_metrics: dict[str, float] = field(default_factory=dict)  # every eval metric at step 0 (pretrained)
-    reft_budgets: dict[int, float] = field(default_factory=dict)  # budget -> pt_acc after reFT
-
-    @property
-    def cell(self) -> tuple[str, float, float]:
-        return self.prior, self.lr, self.c_tr
-
-
-def _pretrained_as(pretrain_run_name: str) -> str:
-    """The row label of a pretrained model, from its run's name (`pt <the setting's pretraining
-    condition>`, e.g. `pt prior=medium seed=0`, `pt tracr=counter(a)`), less the seed: seeds are
-    the replicates a row averages over."""
-    label = re.sub(r"\s*seed=\S+", "", pretrain_run_name.removeprefix("pt ")).strip()
-    return label.removeprefix("prior=")
-
-
-def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
-def _start(client: MlflowClient, run, key: str) -> float:
-    """A fine-tune's step-0 value of `key`; NaN for a setting that has no such metric (the
-    TinyStories deletions log losses and twist rates, not answer accuracies)."""
-    history = _history(client, run.info.run_id, key) if key in run.data.metrics else []
-    return history[0][1] if history else float("nan")
-
-
-def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[FineTune]:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`wrapperdist.sweep` = '{sweep_id}'",
-                              max_results=50_000)
-    by_parent: dict[str, list] = defaultdict(list)
-    for r in runs:
-        by_parent[r.data.tags.get(PARENT_TAG, "")].append(r)
-    names = {r.info.run_id: r.info.run_name for r in runs}
-    out = []
-    for r in runs:
-        if r.data.tags.get(STAGE_TAG) != "finetune" or r.info.status != "FINISHED":
-            continue
-        p = r.data.params
-        pretrained = _pretrained_as(names.get(r.data.tags.get(PARENT_TAG, ""), ""))
-        ft = FineTune(r.info.run_id, pretrained, float(p["finetune.optim.lr"]),
-                      float(p.get("setting.spurious_fraction", 0.0)), int(p["seed"]), dict(r.data.metrics),
-                      _start(client, r, "pt_acc"), _start(client, r, "ft_acc"))
-        for key in START_KEYS:
-            start = _history(client, r.info.run_id, key) if key in r.data.metrics else []
-            if start:
-                ft.start_metrics[key] = start[0][1]
-        for child in by_parent[r.info.run_id]:
-            if child.info.status != "FINISHED":
-                continue
-            if child.data.tags.get(STAGE_TAG) == "reft":
-                ft.reft_budgets[int(child.data.params["reft.budget"])] = child.data.metrics["pt_acc"]
-            elif child.data.tags.get(STAGE_TAG) == "analysis":
-                for key in child.data.metrics:
-                    if key.startswith(ANALYSIS_PREFIXES):
-                        ft.analysis[key] = _history(client, child.info.run_id, key)
-        out.append(ft)
-    return sorted(out, key=lambda f: (PRIOR_ORDER.get(f.prior, 9), f.prior, f.lr, f.c_tr, f.seed))
-
-
-PRIOR_ORDER = {"low": 0, "medium": 1, "high": 2}
-
-
-def _grouped(fts: list[FineTune], key) -> dict:
-    """Groups in first-seen order (collect() sorts priors low → high, then LR, C_Tr and seed)."""
-    groups: dict = defaultdict(list)
-    for ft in fts:
-        groups[key(ft)].append(ft)
-    return dict(groups)
-
-
-def _errorbar(ax, xs, groups: list[list[float]], label: str, **kw) -> None:
-    means, cis = zip(*(mean_ci(g) for g in groups), strict=True)
-    ax.errorbar(xs, means, yerr=cis, marker="o", markersize=4, capsize=3, label=label, **kw)
-
-
-def accuracy_figure(fts: list[FineTune]):
-    """Pretraining and fine-tuning accuracy after FT per prior × LR; dashed: the pretrained model."""
-    c_values = sorted({ft.c_tr for ft in fts})
-    fig, axes = plt.subplots(len(c_values), 2, figsize=(11, 3.8 * len(c_values)), squeeze=False, sharey=True)
-    for row, c in enumerate(c_values):
-        for col, metric in enumerate(("pt_acc", "ft_acc")):
-            ax = axes[row][col]
-            for i, (prior, group) in enumerate(_grouped([f for f in fts if f.c_tr == c], lambda f: f.prior).items()):
-                by_lr = _grouped(group, lambda f: f.lr)
-                color = f"C{i}"
-                _errorbar(ax, list(by_lr), [[f.metrics[metric] for f in g] for g in by_lr.values()],
-                          f"prior {prior}, after FT", color=color)
-                if metric == "pt_acc":
-                    before = mean_ci([f.pt_acc_pretrained for f in group])[0]
-                    ax.axhline(before, color=color, linestyle="--", linewidth=1, label=f"prior {prior}, pretrained")
-            ax.set_xscale("log")
-            ax.set(xlabel="fine-tuning LR", ylim=(-0.02, 1.02),
-                   title=f"{'pretraining task (count O_PT)' if metric == 'pt_acc' else 'fine-tuning task (count O_FT)'}"
-                         f", C_Tr={c:g}")
-            ax.grid(alpha=0.3)
-        axes[row][0].set_ylabel("answer accuracy (mean, 95% CI over seeds)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def panel_grid(fts: list[FineTune], series: dict[str, str], xlabel: str, title: str, markers=None):
-    """One panel per (prior, C_Tr) row × fine-tuning LR column; in each, mean ± 95 % CI over seeds of
-    the analysis curves named in `series` (legend label -> metric key). `markers(group, ax)` may add
-    points of its own (e.g. the revival-budget runs)."""
-    rows = list(_grouped(fts, lambda f: (f.prior, f.c_tr)))
-    cols = sorted({f.lr for f in fts})
-    # at least ~8 in wide: a one-LR grid (the demo) otherwise cuts off its title and legend
-    width = max(3.6 * len(cols), 8.0)
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(width, 2.9 * len(rows)),
-                             squeeze=False, sharex=True, sharey=True)
-    for r, (prior, c) in enumerate(rows):
-        for k, lr in enumerate(cols):
-            ax = axes[r][k]
-            group = [f for f in fts if (f.prior, f.c_tr, f.lr) == (prior, c, lr)]
-            for i, (label, metric) in enumerate(series.items()):
-                have = [f for f in group if metric in f.analysis]
-                if not have:
-                    continue
-                xs = [x for x, _ in have[0].analysis[metric]]
-                values = [[dict(f.analysis[metric]).get(x, float("nan")) for f in have] for x in xs]
-                means, cis = zip(*(mean_ci(v) for v in values), strict=True)
-                lo = [m - h for m, h in zip(means, cis, strict=True)]
-                hi = [m + h for m, h in zip(means, cis, strict=True)]
-                ax.plot(xs, means, color=f"C{i}", marker=".", markersize=3, linewidth=1.3, label=label)
-                ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15, linewidth=0)
-            if markers:
-                markers(group, ax)
-            ax.set(ylim=(-0.02, 1.02), title=f"prior {prior}, C_Tr {c:g}, FT lr {lr:g}")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.title.set_fontsize(8)
-            ax.grid(alpha=0.3)
-            if r == len(rows) - 1:
-                ax.set_xlabel(xlabel, fontsize=8)
-        axes[r][0].set_ylabel("accuracy", fontsize=8)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    per_row = max(1, min(len(labels), int(width // 3.2)))  # legend entries that fit side by side
-    legend_rows = -(-max(1, len(labels)) // per_row)
-    fig.suptitle(f"{title} (mean, shaded 95% CI over seeds)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05 * legend_rows / len(rows), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=per_row, fontsize=8, frameon=False)
-    return fig
-
-
-PRUNING_SERIES = {
-    "count O_PT, C_Te=0, grad x weight rows removed (Alg. 3)": "prune.paper.pt_acc",
-    "count O_PT, C_Te=1, grad x weight rows removed": "prune.paper.pt_acc_spurious",
-    "count O_PT, C_Te=0, random rows removed": "prune.random.pt_acc",
-    "count O_FT, C_Te=0, grad x weight rows removed": "prune.paper.ft_acc",
-    "count O_FT, C_Te=1, grad x weight rows removed": "prune.paper.ft_acc_spurious",
-    "count O_FT, C_Te=0, random rows removed": "prune.random.ft_acc",
-}
-PROBE_SERIES = {f"{m} model": f"probe.pt.{m}" for m in PROBE_MODELS}
-REFT_SERIES = {
-    "fine-tuned -> reFT": "reft.finetuned.pt_acc",
-    "Scr.+FT, same lr": "reft.control.pt_acc",
-    "Scr.+FT, 10x lr": "reft.control_high_lr.pt_acc",
-    "Scr. (random init)": "reft.random_init.pt_acc",
-}
-
-
-def _budget_markers(group: list[FineTune], ax) -> None:
-    budgets = sorted({b for f in group for b in f.reft_budgets})
-    if budgets:
-        _errorbar(ax, budgets, [[f.reft_budgets[b] for f in group if b in f.reft_budgets] for b in budgets],
-                  "budget runs (reFT of FT model)", color="black", linestyle="none")
-
-
-def revival_figure(fts: list[FineTune]):
-    return panel_grid(fts, REFT_SERIES, "reFT step", "pretraining-task accuracy during reFT vs from scratch",
-                      markers=_budget_markers)
-
-
-def spurious_figure(fts: list[FineTune]):
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_c = _grouped(sorted(fts, key=lambda f: f.c_tr), lambda f: f.c_tr)
-    for metric in ("pt_acc", "ft_acc", "ft_acc_spurious"):
-        _errorbar(ax, list(by_c), [[f.metrics[metric] for f in g] for g in by_c.values()], metric)
-    probe = {c: [f.analysis["evidence.probe_finetuned"][-1][1] for f in g if "evidence.probe_finetuned" in f.analysis]
-             for c, g in by_c.items()}
-    if all(probe.values()):
-        _errorbar(ax, list(probe), list(probe.values()), "probe count O_PT (FT model)", linestyle="--")
-    ax.set(xlabel="spurious fraction C_Tr", ylabel="accuracy after FT (all priors and LRs)", ylim=(-0.02, 1.02),
-           title="effect of the spurious correlation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+from wrapperdist.tracking import STAGE_TAG, resolve_tracking_uri, ui_hint  # noqa: E402
 
 
 def _cell(values: list[float]) -> str:
@@ -280,7 +77,7 @@ def weights_tables(fts: list[FineTune], top: int = 8) -> list[str]:
     """Per pretrained model: the parameters fine-tuning moved most, relative change per FT lr."""
     prefix = "weights.change."
     lines: list[str] = []
-    for prior, group in _grouped([f for f in fts if any(k.startswith(prefix) for k in f.analysis)],
+    for prior, group in grouped([f for f in fts if any(k.startswith(prefix) for k in f.analysis)],
                                  lambda f: f.prior).items():
         lrs = sorted({f.lr for f in group})
         names = {k for f in group for k in f.analysis if k.startswith(prefix)}
@@ -337,7 +134,7 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str] | None) ->
              "pruning: pt_acc gain, Alg. 3 (K on a selection split) / random (best K) | "
              "answers count(O_PT)+q | reFT steps to threshold | wrapper verdicts |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
+    for (prior, lr, c), group in grouped(fts, lambda f: f.cell).items():
         probe = _finals(group, "evidence.probe_finetuned")
         verdicts = _finals(group, "verdict_wrapper")
         lines.append(
@@ -362,7 +159,7 @@ def markdown(sweep_name: str, fts: list[FineTune], figures: list[str] | None) ->
         lines += ["", "## Revival per budget (pretraining-task accuracy after reFT)", "",
                   "| prior | FT lr | C_Tr | " + " | ".join(f"{b} steps" for b in budgets) + " |",
                   "|---|---|---|" + "---|" * len(budgets)]
-        for (prior, lr, c), group in _grouped(fts, lambda f: f.cell).items():
+        for (prior, lr, c), group in grouped(fts, lambda f: f.cell).items():
             cells = [_cell([f.reft_budgets[b] for f in group if b in f.reft_budgets]) for b in budgets]
             lines.append(f"| {prior} | {lr:g} | {c:g} | " + " | ".join(cells) + " |")
     lines += weights_tables(fts)

@@ -5,7 +5,7 @@ committed file rather than from a store only one machine has.
 
     python analysis/runs_data.py --experiment wrapperdist --sweep-name headline --out docs/results/demo/runs.jsonl
 
-`load` reads such a file back as report.FineTune records (with their machine and setting)."""
+`load` reads such a file back as sweep_runs.FineTune records (with their machine and setting)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import FineTune, collect  # noqa: E402
+from sweep_runs import FineTune, collect  # noqa: E402
 
 from wrapperdist.tracking import STAGE_TAG, resolve_tracking_uri  # noqa: E402
 
@@ -58,7 +58,7 @@ def write(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def load(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a runs.jsonl file; `record["ft"]` is the report.FineTune it holds."""
+    """The records of a runs.jsonl file; `record["ft"]` is the sweep_runs.FineTune it holds."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     names = {f.name for f in fields(FineTune)}
     for row in rows:

@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_tables import PAPER_FINETUNED, PAPER_PRETRAINED, mean_ci  # noqa: E402
-from report import collect, floor_cell, floor_values, relation_line  # noqa: E402
+from report import floor_cell, floor_values, relation_line  # noqa: E402
+from sweep_runs import collect  # noqa: E402
 
 from wrapperdist.tracking import STAGE_TAG, resolve_tracking_uri  # noqa: E402
 

@@ -11,14 +11,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
 import claims  # noqa: E402
-import report  # noqa: E402
 import runs_data  # noqa: E402
+import sweep_runs  # noqa: E402
 
 
 def fine_tune(seed: int, *, prior="low", lr=1e-5, c_tr=1.0, pt_before=1.0, pt_after=0.1, ft_te0=0.02,
               ft_te1=0.99, reft_ft=100, reft_ctrl=None, budget=1000, prune=((0, 0.1), (5, 0.8)),
               random=((0, 0.1), (5, 0.15)), reft_final_ft=0.95, reft_final_ctrl=0.3):
-    ft = report.FineTune(f"run{seed}", prior, lr, c_tr, seed,
+    ft = sweep_runs.FineTune(f"run{seed}", prior, lr, c_tr, seed,
                          {"pt_acc": pt_after, "ft_acc": ft_te0, "ft_acc_spurious": ft_te1},
                          pt_acc_pretrained=pt_before, ft_acc_pretrained=0.27)
     evidence = {"reft_budget": budget, "reft_reached_finetuned": float(reft_ft is not None),
@@ -138,4 +138,4 @@ def test_runs_data_reads_a_setting_without_answer_accuracies():
     from types import SimpleNamespace
 
     run = SimpleNamespace(info=SimpleNamespace(run_id="r"), data=SimpleNamespace(metrics={"twist_rate": 0.3}))
-    assert report._start(None, run, "pt_acc") != report._start(None, run, "pt_acc")  # NaN
+    assert sweep_runs.start_value(None, run, "pt_acc") != sweep_runs.start_value(None, run, "pt_acc")  # NaN

@@ -8,9 +8,6 @@ all fails with one line naming it and what it lacked; the stages that do not nee
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import mlflow
@@ -21,7 +18,6 @@ from conftest import TINY
 from ray.util.placement_group import placement_group, placement_group_table
 
 from wrapperdist.cli import main
-from wrapperdist.sweep.cluster import WORKER_START_TIMEOUT_ENV
 from wrapperdist.sweep.ray_train import CAPACITY_FAILURES, StopTrainRuns, capacity_shortfall, train_runs
 
 pytestmark = pytest.mark.ray
@@ -121,6 +117,8 @@ def test_a_stage_without_capacity_fails_in_one_line_and_resume_completes_it(tmp_
     errors = {r.data.tags["wrapperdist.stage"]: r.data.tags["wrapperdist.error"] for r in runs
               if r.info.status == "FAILED"}
     assert "no room for its Ray Train run" in errors["pretrain"]
+    # Ray's own message, from its controller: the spec's timeout reached it (Ray's default is 60 s)
+    assert "timed out after 5.0 seconds" in errors["pretrain"], errors["pretrain"][-2000:]
     assert errors["finetune"].startswith("not run: its input pretrain-") and "ray.tune.trial_id" not in next(
         r for r in runs if r.info.status == "FAILED" and r.data.tags["wrapperdist.stage"] == "finetune").data.tags
 
@@ -128,16 +126,3 @@ def test_a_stage_without_capacity_fails_in_one_line_and_resume_completes_it(tmp_
     runs = [r for r in _runs(tmp_path) if r.info.status == "FINISHED" and r.data.params["seed"] == "1"]
     assert sorted(r.data.tags["wrapperdist.stage"] for r in runs) == ["finetune", "pretrain"]
     assert all(r.data.tags.get("wrapperdist.train_nodes") for r in runs)  # through Ray Train this time
-
-
-def test_the_start_timeout_reaches_ray_train_from_the_spec(tmp_path):
-    """On a cluster the driver attaches to, no launcher file sets Ray Train's start timeout: the
-    spec's value must reach the Train controller (a run that cannot start fails after it)."""
-    code = (
-        "import os, ray\n"
-        "from ray.train.v2._internal.constants import get_env_vars_to_propagate\n"
-        f"os.environ[{WORKER_START_TIMEOUT_ENV!r}] = '7.5'\n"
-        f"print(get_env_vars_to_propagate()[{WORKER_START_TIMEOUT_ENV!r}])\n")
-    env = {k: v for k, v in os.environ.items() if k != WORKER_START_TIMEOUT_ENV}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "7.5", done.stderr[-2000:]

@@ -236,6 +236,18 @@ class LocalCluster:
                 return proc.pid
         return None
 
+    def node_ids(self) -> list[str]:
+        """The nodes whose raylet is alive (the head's included)."""
+        found = []
+        for proc in self.processes():
+            try:
+                args = proc.cmdline()
+            except Exception:  # noqa: BLE001 - it ended meanwhile
+                continue
+            if args and args[0].endswith("/raylet"):
+                found += [a.split("=", 1)[1] for a in args if a.startswith("--node_id=")]
+        return sorted(set(found))
+
     def nodes_running(self, marker: str) -> list[str]:
         """Worker nodes with a process whose title contains `marker` (e.g. "RayTrainWorker"):
         Ray's workers are children of their node's raylet."""
