@@ -69,6 +69,7 @@ def train_throughput(folder: Path, steps: int) -> None:
     from wrapperdist.stages import run_pretrain
     from wrapperdist.sweep.plan import pretrain_node
     from wrapperdist.sweep.ray_train import ray_train_backend
+    from wrapperdist.sweep.train_runs import train_runs
 
     experiment = {**EXPERIMENT, "pretrain": {"optim": {**EXPERIMENT["pretrain"]["optim"], "steps": steps,
                                                        "eval_every": 0}}}
@@ -83,7 +84,7 @@ def train_throughput(folder: Path, steps: int) -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         backend = ray_train_backend(lambda _: None, workers=2, use_gpu=False, storage_path=str(folder / "train"),
-                                    run_name="bench")
+                                    run_name="bench", runs=train_runs(), trial_id="bench", start_timeout_s=120)
         start = time.perf_counter()
         backend(pretrain_node(cfg), None, folder / "ddp")
         ddp_total = time.perf_counter() - start

@@ -207,7 +207,7 @@ def test_control_reft_curves_are_computed_once_per_seed_and_replayed(monkeypatch
     """The Scr.+FT and Scr. reFT curves depend on the seed, not on the prior, C_Tr or the FT LR: a second
     analysis of another prior reads them back (the same numbers, logged into its own run); another seed
     recomputes them."""
-    import wrapperdist.settings.answer_analysis as analysis
+    import wrapperdist.settings.answer_reft as analysis
     from wrapperdist.memo import Memo
     from wrapperdist.models import random_like
     from wrapperdist.setting import Runtime
@@ -225,8 +225,8 @@ def test_control_reft_curves_are_computed_once_per_seed_and_replayed(monkeypatch
         model = setting.build_model(cfg)
         control, scratch = random_like(model, 11), random_like(model, 12)
         sink = MemorySink()
-        out = analysis._reft_curves(setting, cfg, model, control, scratch, setting.evaluator(cfg, ("pt_acc",)),
-                                    sink, Runtime(threads=1, progress=False, memo=memo))
+        out = analysis.reft_curves(setting, cfg, model, control, scratch, setting.evaluator(cfg, ("pt_acc",)),
+                                   sink, Runtime(threads=1, progress=False, memo=memo))
         return out, sink
 
     first, first_sink = curves(_cfg(prior="low", spurious_fraction=1.0))

@@ -1,5 +1,6 @@
-"""Real Ray sweeps in subprocesses: kill -9 and --resume, Ray Train DDP workers, Optuna + ASHA, and
-an MLflow tracking server on localhost."""
+"""Real Ray sweeps in subprocesses: kill -9 and --resume, Optuna + ASHA (over Ray Train DDP workers
+too), and an MLflow tracking server on localhost. Pretrain, fine-tune and reFT through Ray Train:
+tests/test_train_capacity.py."""
 
 import json
 import os
@@ -96,21 +97,6 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "could not be planted" in failed.data.tags["wrapperdist.error"]
     trial_dirs = list((tmp_path / "results" / "rt-finetune").glob("*/error.txt"))
     assert trial_dirs  # Tune recorded the error too (after its retry)
-
-
-def test_ray_train_two_workers(tmp_path):
-    path, env = setup_sweep(tmp_path, {"analyze": False, "revival_budgets": [20],
-                                       "resources": {"cpus": 2, "train_workers": 2}})
-    done = subprocess.run([*WRAPPERDIST, "sweep", str(path)], env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    runs = runs_of(tmp_path)
-    stages = sorted(r.data.tags["wrapperdist.stage"] for r in runs if r.info.status == "FINISHED")
-    assert stages == ["finetune", "pretrain", "reft", "sweep"]
-    client = mlflow.MlflowClient()
-    ft = next(r for r in runs if r.data.tags["wrapperdist.stage"] == "finetune")
-    assert [m.step for m in client.get_metric_history(ft.info.run_id, "ft_acc")] == [0, 10, 20]
-    train_runs = list((tmp_path / "results").glob("rt-*-*"))  # Ray Train's own run folders
-    assert train_runs, "training did not go through Ray Train"
 
 
 def test_optuna_search_with_asha(tmp_path):

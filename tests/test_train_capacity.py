@@ -18,7 +18,8 @@ from conftest import TINY
 from ray.util.placement_group import placement_group, placement_group_table
 
 from wrapperdist.cli import main
-from wrapperdist.sweep.ray_train import CAPACITY_FAILURES, StopTrainRuns, capacity_shortfall, train_runs
+from wrapperdist.sweep.ray_train import CAPACITY_FAILURES, capacity_shortfall
+from wrapperdist.sweep.train_runs import StopTrainRuns, train_runs
 
 pytestmark = pytest.mark.ray
 
@@ -75,7 +76,8 @@ def _spec(tmp_path, name: str, resources: dict, seeds: list[int]):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "experiment": "exp.yaml", "storage_path": str(tmp_path / "shared"),
-                                    "analyze": False, "grid": {"seed": seeds}, "resources": resources}))
+                                    "analyze": False, "revival_budgets": [20], "grid": {"seed": seeds},
+                                    "resources": resources}))
     return path
 
 
@@ -112,17 +114,24 @@ def test_a_stage_without_capacity_fails_in_one_line_and_resume_completes_it(tmp_
     # seed 0's stages finished (reused, in both sweeps' trees); seed 1's pretrain FAILED, and its
     # fine-tune is recorded FAILED without a trial: nothing was launched to find its input missing
     assert status == [("finetune", "0", "FINISHED"), ("finetune", "0", "FINISHED"), ("finetune", "1", "FAILED"),
-                      ("pretrain", "0", "FINISHED"), ("pretrain", "0", "FINISHED"),
-                      ("pretrain", "1", "FAILED")], status
-    errors = {r.data.tags["wrapperdist.stage"]: r.data.tags["wrapperdist.error"] for r in runs
-              if r.info.status == "FAILED"}
+                      ("pretrain", "0", "FINISHED"), ("pretrain", "0", "FINISHED"), ("pretrain", "1", "FAILED"),
+                      ("reft", "0", "FINISHED"), ("reft", "0", "FINISHED"), ("reft", "1", "FAILED")], status
+    failed = {r.data.tags["wrapperdist.stage"]: r for r in runs if r.info.status == "FAILED"}
+    errors = {stage: r.data.tags["wrapperdist.error"] for stage, r in failed.items()}
     assert "no room for its Ray Train run" in errors["pretrain"]
     # Ray's own message, from its controller: the spec's timeout reached it (Ray's default is 60 s)
     assert "timed out after 5.0 seconds" in errors["pretrain"], errors["pretrain"][-2000:]
-    assert errors["finetune"].startswith("not run: its input pretrain-") and "ray.tune.trial_id" not in next(
-        r for r in runs if r.info.status == "FAILED" and r.data.tags["wrapperdist.stage"] == "finetune").data.tags
+    for stage in ("finetune", "reft"):  # downstream of the failure: recorded, no trial launched
+        assert errors[stage].startswith("not run: its input "), errors[stage]
+        assert "ray.tune.trial_id" not in failed[stage].data.tags
 
     assert main(["sweep", str(spec), "--resume"]) == 0  # the capacity is back
-    runs = [r for r in _runs(tmp_path) if r.info.status == "FINISHED" and r.data.params["seed"] == "1"]
-    assert sorted(r.data.tags["wrapperdist.stage"] for r in runs) == ["finetune", "pretrain"]
-    assert all(r.data.tags.get("wrapperdist.train_nodes") for r in runs)  # through Ray Train this time
+    runs = {r.data.tags["wrapperdist.stage"]: r for r in _runs(tmp_path)
+            if r.info.status == "FINISHED" and r.data.params["seed"] == "1"}
+    assert sorted(runs) == ["finetune", "pretrain", "reft"]
+    # each through a Ray Train run of 2 DDP workers, its evaluations all logged
+    assert all(len(r.data.tags["wrapperdist.train_nodes"].split(",")) == 2 for r in runs.values())
+    assert list((tmp_path / "shared").glob("seeds-*-finetune-*")), "training did not go through Ray Train"
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(runs["finetune"].info.run_id, "ft_acc")] == [0, 10, 20]
+    assert [m.step for m in client.get_metric_history(runs["reft"].info.run_id, "pt_acc")][-1] == 20

@@ -5,7 +5,6 @@ Pure over (config, models); reports through a sink. The setting supplies data th
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -42,21 +41,20 @@ from wrapperdist.mech import (
     weight_scores,
     weights_removed,
 )
-from wrapperdist.memo import memoised, weights_digest
 from wrapperdist.models import HookedModule, random_like
 from wrapperdist.plots import attention_figure, probe_figure, pruning_figure, reft_figure, weight_change_figure
 from wrapperdist.setting import AnalysisModels, Evaluator, Runtime
 from wrapperdist.settings.answer_data import AnswerSettingLike, AnswerTasks
+from wrapperdist.settings.answer_reft import REFT_KEYS, reft_curves
+from wrapperdist.settings.answer_report import floors_markdown, render_report
 from wrapperdist.settings.floors import answer_floors, random_init_seed
-from wrapperdist.sink import MemorySink, PrefixSink, Sink
-from wrapperdist.stages import reft_lr, reft_optim, run_reft
+from wrapperdist.sink import Sink
 from wrapperdist.train import answer_accuracy
 
 ANALYSIS_SEED = 7_000_001  # data for scores, masks and probes: disjoint from training and eval streams
 SELECT_SEED = 7_000_031  # the pruning's selection split (chooses K): disjoint from the above and the eval seed
 FRESH_PROBE_SEED = 7_000_041  # fresh probe batches (+1 for the O_FT target): disjoint from every seed above
 SELECT_KEY = "pt_acc_select"  # O_PT accuracy on the selection split, in the paper curve's metrics
-REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
 
 
 @dataclass
@@ -201,66 +199,6 @@ def _fresh_batches(tasks: AnswerTasks, which: str, batch_size: int, seed: int):
         yield tokens, tasks.answer_class(answers)
 
 
-def _reft_data_digest(setting: AnswerSettingLike, cfg: ExperimentConfig) -> str:
-    """What a reFT run reads, by content: its first training batches, its held-out sets and its loss.
-    A control's curve depends on nothing else of the fine-tune (prior, C_Tr, FT LR), so analyses
-    that differ only there share it."""
-    digest = hashlib.sha256(setting.name.encode())
-    loss = setting.loss_fn(cfg, "reft")
-    digest.update(getattr(loss, "__qualname__", repr(loss)).encode())
-    stream = setting.batches(cfg, "reft", cfg.finetune.optim.batch_size)
-    arrays = [a for _ in range(2) for a in next(stream)]
-    held_out = setting.eval_tensors(cfg)
-    arrays += [t.numpy() for key in sorted(held_out) if key in (setting.reft_eval_keys or held_out)
-               for t in held_out[key]]
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def _shared_reft(setting: AnswerSettingLike, cfg: ExperimentConfig, model: HookedModule, lr: float, sink: Sink,
-                 runtime: Runtime, evaluate: Evaluator, desc: str, data_digest: str) -> list[tuple[int, float]]:
-    """reFT of a control (Scr.+FT, Scr.): a pure function of its start weights, the reFT optimiser,
-    the seed and the data, so the analyses of a sweep that share a control (every prior, C_Tr and
-    FT LR of a seed, for equal reFT LRs) compute it once (`wrapperdist.memo`) and each replays its
-    metrics into its own run."""
-    key = {"weights": weights_digest(model), "optim": reft_optim(cfg, lr).model_dump(mode="json"),
-           "seed": cfg.seed, "data": data_digest}
-
-    def compute() -> list[tuple[int, dict[str, float]]]:
-        memory = MemorySink()
-        run_reft(setting, cfg, model, lr, memory, runtime, evaluate=evaluate, desc=desc)
-        return memory.metrics
-
-    history = memoised(runtime.memo, "reft-control", key, compute)
-    for step, metrics in history:
-        sink.log_metrics(metrics, step)
-    return [(step, m[setting.revival_metric]) for step, m in history if setting.revival_metric in m]
-
-
-def _reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: HookedModule, control: HookedModule,
-                 random_init: HookedModule, evaluate: Evaluator, sink: Sink,
-                 runtime: Runtime) -> dict[str, list[tuple[int, float]]]:
-    """reFT of the fine-tuned model (in place) vs the control at the same LR and at a higher one, and
-    Scr. (a random init trained on the pretraining capability alone, paper App. E.4); keys are the
-    curves' labels, in the order of `REFT_KEYS`. The three control curves are shared (memoised)."""
-    lr, multiplier = reft_lr(cfg), cfg.analysis.reft.control_lr_multiplier
-    name = setting.control_label(cfg)
-    data_digest = _reft_data_digest(setting, cfg)
-    curves = {f"fine-tuned → reFT (lr {lr:g})": run_reft(
-        setting, cfg, reft_model, lr, PrefixSink(sink, f"reft.{REFT_KEYS[0]}."), runtime, evaluate=evaluate,
-        desc="reFT fine-tuned")}
-    controls = ((f"{name} (lr {lr:g})", control, lr, "reFT control"),
-                (f"{name} (lr {lr * multiplier:g})", control, lr * multiplier, "reFT control, high lr"),
-                (f"Scr., random init (lr {lr:g})", random_init, lr, "reFT random init"))
-    if not cfg.analysis.reft.scratch:
-        controls = controls[:2]
-    for key, (label, model, rate, desc) in zip(REFT_KEYS[1:], controls, strict=False):
-        curves[label] = _shared_reft(setting, cfg, copy.deepcopy(model), rate, PrefixSink(sink, f"reft.{key}."),
-                                     runtime, evaluate, desc, data_digest)
-    return curves
-
-
 def _attention(cfg: ExperimentConfig, tasks: AnswerTasks, models: AnalysisModels, sink: Sink):
     rng = np.random.default_rng(ANALYSIS_SEED + 2)
     prompts = torch.from_numpy(tasks.batch("capability", cfg.analysis.attention_prompts, rng)[0])
@@ -301,9 +239,9 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
     sink.log_metrics(set_floors, 0)
     reft_model = copy.deepcopy(finetuned)
     reft_evaluate = setting.evaluator(cfg, setting.reft_eval_keys)
-    reft_curves = _reft_curves(setting, cfg, reft_model, models.control, random_init, reft_evaluate, sink, runtime)
-    figures["reft"] = reft_figure(reft_curves, v.reft_threshold, f"reverse fine-tuning ({cfg.name})")
-    reft_steps = {label: steps_to_reach(curve, v.reft_threshold) for label, curve in reft_curves.items()}
+    revival = reft_curves(setting, cfg, reft_model, models.control, random_init, reft_evaluate, sink, runtime)
+    figures["reft"] = reft_figure(revival, v.reft_threshold, f"reverse fine-tuning ({cfg.name})")
+    reft_steps = {label: steps_to_reach(curve, v.reft_threshold) for label, curve in revival.items()}
 
     probed = {"pretrained": pretrained, "fine-tuned": finetuned, "reFT": reft_model, "random init": random_init}
     probes, floors = _probing(cfg, tasks, probed, sink)
@@ -331,80 +269,7 @@ def analyze_answers(setting: AnswerSettingLike, cfg: ExperimentConfig, models: A
                            len(learned.removed) if learned else None, answers, first_pruned)
     report += floors_markdown(set_floors, {k: answer_accuracy(finetuned, *xy) for k, xy in held_out.items()})
     report += weight_change_markdown(changes, top_units)
-    reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, reft_curves.values(), strict=False)}
+    reft_final = {key: curve[-1][1] for key, curve in zip(REFT_KEYS, revival.values(), strict=False)}
     output = AnalysisOutput(evidence, verdict, report, figures, reft_final)
     sink.log_metrics(output.summary_metrics(), 0)
     return output
-
-
-def render_report(described: str, cfg: ExperimentConfig, e: Evidence, verdict: Verdict, curves, probes, floors,
-                  reft_steps, shift, learned_removed: int | None, answers: dict[str, float],
-                  first_pruned: list[str]) -> str:
-    v = cfg.analysis.verdict
-
-    def yes(flag: bool) -> str:
-        return "yes" if flag else "no"
-
-    lines = [
-        f"# Wrapper analysis: {cfg.name}",
-        "",
-        f"**Verdict: {verdict.label}** (pruning revives: {yes(verdict.pruning_revives)}, probe decodes: "
-        f"{yes(verdict.probe_decodes)}, reFT faster than the control: {yes(verdict.reft_faster)})",
-        "",
-        f"Fine-tuned at lr {cfg.finetune.optim.lr:g} for {cfg.finetune.optim.steps} steps: {described}. "
-        f"Pretraining-task accuracy of the fine-tuned model: {e.pt_acc_finetuned:.3f}.",
-        "",
-        "## Thresholds",
-        f"- pruning: pt_acc gain >= {v.prune_min_gain} with at most {v.prune_max_k} units (paper's grad·weight method)",
-        f"- probing: best-layer probe accuracy >= random-init probe + {v.probe_margin}",
-        f"- reFT: reach pt_acc {v.reft_threshold} at least {v.reft_speedup}x sooner than the control at the same lr",
-        "",
-        "## Pruning (accuracy after removing the top-K units: weight rows, or MLP units)",
-        "",
-        "| K | " + " | ".join(f"{m}: pt / ft" for m in curves) + " |",
-        "|---|" + "---|" * len(curves),
-    ]
-    for i, (k, _) in enumerate(next(iter(curves.values()))):
-        cells = [f"{pts[i][1]['pt_acc']:.3f} / {pts[i][1]['ft_acc']:.3f}" for pts in curves.values()]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paper-method gain within K <= {v.prune_max_k}, K chosen on a separate selection split: "
-              f"{e.prune_heldout_gain:+.3f} at K = {e.prune_selected_k} (the verdict's number). Best K read off "
-              f"the held-out set itself (optimistic): {e.prune_best_gain:+.3f} at K = {e.prune_best_k}. "
-              f"The paper's method removes first: {', '.join(first_pruned)}."
-              + (f" The learned mask removed {learned_removed} MLP units." if learned_removed is not None else ""), "",
-              "## Probes (held-out accuracy, best layer; per-layer values in probes.png)", "",
-              "| model | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
-    for model in next(iter(probes.values())):
-        lines.append(f"| {model} | " + " | ".join(f"{max(probes[t][model].values()):.3f}" for t in probes) + " |")
-    lines.append("| majority class | " + " | ".join(f"{floors[t]:.3f}" for t in probes) + " |")
-    lines += ["", f"## Reverse fine-tuning (steps to pt_acc >= {v.reft_threshold}, budget {e.reft_budget})", ""]
-    for label, steps in reft_steps.items():
-        lines.append(f"- {label}: {steps if steps is not None else 'not reached'}")
-    if verdict.reft_speedup is not None:
-        lines.append(f"\nSpeed-up of the fine-tuned model over the control at the same lr: {verdict.reft_speedup:.1f}x")
-    lines += ["", "## Attention (pretrained vs fine-tuned, mean total-variation distance of the answer row)", ""]
-    for layer, row in enumerate(shift.tolist()):
-        lines.append(f"- layer {layer}: " + ", ".join(f"head {h} {x:.2f}" for h, x in enumerate(row)))
-    if answers:
-        lines += ["", "## What the fine-tuned model does on O_PT prompts (the setting's diagnosis; shares may overlap)",
-                  "",
-                  *(f"- {k}: {x:.3f}" for k, x in answers.items())]
-    lines += ["", "Figures: pruning.png, probes.png, reft.png, attention.png"]
-    return "\n".join(lines) + "\n"
-
-
-def floors_markdown(set_floors: dict[str, float], finetuned: dict[str, float]) -> str:
-    """The fine-tuned model's accuracy on each held-out set beside what it must beat."""
-    keys = [k.removeprefix("floor.modal.") for k in set_floors if k.startswith("floor.modal.")]
-
-    def cell(kind: str, key: str) -> str:
-        value = set_floors.get(f"floor.{kind}.{key}")
-        return "-" if value is None else f"{value:.3f}"
-
-    lines = ["", "## Floors (what each accuracy must beat; `floor.*` metrics)", "",
-             "| set | fine-tuned | modal answer | random init | planted relation holds on |", "|---|---|---|---|---|"]
-    for key in keys:
-        ours = f"{finetuned[key]:.3f}" if key in finetuned else "-"
-        floors = " | ".join(cell(kind, key) for kind in ("modal", "random_init", "relation"))
-        lines.append(f"| {key} | {ours} | {floors} |")
-    return "\n".join(lines) + "\n"

@@ -20,10 +20,11 @@ from wrapperdist.sweep.cluster import PlacementReport
 from wrapperdist.sweep.executors import Layout, StudyRef
 from wrapperdist.sweep.plan import METRIC_PREFIX, Node, finetune_node, node_from_report, node_report
 from wrapperdist.sweep.ray_callback import MLflowTreeCallback
-from wrapperdist.sweep.ray_train import StopTrainRuns, ray_train_backend, train_runs
+from wrapperdist.sweep.ray_train import ray_train_backend
 from wrapperdist.sweep.recorder import SweepRecorder
 from wrapperdist.sweep.spec import SearchConfig, Sweep
 from wrapperdist.sweep.study import open_study, searched_config
+from wrapperdist.sweep.train_runs import StopTrainRuns, train_runs
 from wrapperdist.sweep.trials import NodeOutcome, run_node
 
 NODE_KEY = "node"  # the param-space entry naming the node a trial runs; every other entry was sampled

@@ -11,33 +11,22 @@ from its own thread, drains `TrainRuns` and calls its report (tune.report) point
 checkpoint (model + the full history, training loss included) still comes back once, at the end,
 through Ray's checkpoint; the recorder replays only the points that were not sent live.
 
-Stopping: Tune ends a stopped trial's actor ~0.1 s after calling its stop(). The Train controller,
-owned by the trial, dies with it; the worker-group placement group the controller created does not
-(Ray ties it to the job, and Ray Train's PlacementGroupCleaner needs the state API, i.e. a dashboard,
-which a local sweep does not start), so the next trial's workers would never fit. The driver ends the
-Train run first: `StopTrainRuns.on_trial_complete` runs before Tune stops the trial, removes the run's
-placement group (which kills its workers; Train then fails the run and shuts its controller down in
-order, its cleaner included) and waits until the trial's `fit()` has returned."""
+The Train runs' registry, and how a stopped or failed run's resources are freed: train_runs.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
 import tempfile
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer, prepare_model
-from ray.tune import Callback
-from ray.util.placement_group import get_current_placement_group, remove_placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import get_current_placement_group
 
 from wrapperdist.setting import Runtime
 from wrapperdist.settings.registry import setting_for
@@ -51,6 +40,7 @@ from wrapperdist.sweep.cluster import (
     train_worker_resources,
 )
 from wrapperdist.sweep.plan import Node
+from wrapperdist.sweep.train_runs import STOP_TIMEOUT_S
 from wrapperdist.sweep.trials import Report, ReportingSink, TrainBackend
 from wrapperdist.train.distributed import Distributed
 
@@ -58,152 +48,6 @@ log = logging.getLogger(__name__)
 
 # The controller's default 2 s poll adds seconds to every run's start and end (reports do not wait for it).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-# How long the driver waits for a stopped Train run to end before Tune stops its trial (its placement
-# group is gone by then either way; the wait lets the controller shut down in order). Measured: ~1 s.
-STOP_TIMEOUT_S = 60.0
-
-
-class _Run:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []  # ("nodes", [node ids]) | ("report", progress report)
-        self.changed = asyncio.Event()
-        self.ended = asyncio.Event()  # the trial's fit() returned or raised
-        self.placement_group = None
-
-    def add(self, item: tuple[str, Any]) -> None:
-        self.items.append(item)
-        self.changed.set()
-
-
-@ray.remote(num_cpus=0)
-class TrainRuns:
-    """The sweep's Ray Train runs, one entry per attempt of a trial: rank 0 posts the run's placement
-    group, worker nodes and progress reports; the trial takes them; the driver stops a run whose
-    trial a scheduler stopped. Owned by the driver, so it outlives every trial."""
-
-    def __init__(self) -> None:
-        self.runs: dict[str, _Run] = {}
-        self.current: dict[str, str] = {}  # trial id -> the key of its latest run
-        self.closed: set[str] = set()  # runs stopped or released: a group posted late is removed on arrival
-
-    async def open(self, trial_id: str) -> str:
-        key = f"{trial_id}/{uuid.uuid4().hex[:8]}"
-        self.runs[key] = _Run()
-        self.current[trial_id] = key
-        return key
-
-    async def placed(self, key: str, placement_group) -> None:
-        """Every rank posts its run's placement group as its first act, so the driver knows it even
-        when a node dies before rank 0 gets far (the first post wins; they are all the same group)."""
-        if key in self.closed:  # stopped, or its trial failed, before its workers were up
-            with contextlib.suppress(Exception):  # another rank's post removed it already
-                remove_placement_group(placement_group)
-            return
-        run = self.runs.get(key)
-        if run is not None and run.placement_group is None:
-            run.placement_group = placement_group
-
-    async def started(self, key: str, nodes: list[str]) -> None:
-        if key in self.runs:
-            self.runs[key].add(("nodes", nodes))
-
-    async def put(self, key: str, report: dict[str, Any]) -> None:
-        if key in self.runs:
-            self.runs[key].add(("report", report))
-
-    async def take(self, key: str, timeout: float) -> tuple[list[tuple[str, Any]], bool]:
-        """What arrived since the last take (waiting up to `timeout` for something), and whether the
-        run has ended (then nothing more comes: rank 0 flushes before its training function returns)."""
-        run = self.runs.get(key)
-        if run is None:
-            return [], True
-        if not run.items and not run.ended.is_set():
-            run.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.changed.wait(), timeout)
-        items, run.items = run.items, []
-        return items, run.ended.is_set()
-
-    async def ended(self, key: str) -> None:
-        run = self.runs.get(key)
-        if run is not None:
-            run.ended.set()
-            run.changed.set()
-
-    async def stop(self, key: str, timeout: float) -> str:
-        """End the run if it is still going: remove its placement group (its workers die with it)
-        and wait for its trial's fit() to return. 'ended' (nothing to do), 'stopped' or 'timeout'."""
-        run = self.runs.get(key)
-        if run is None or run.ended.is_set():
-            self._forget(key)
-            return "ended"
-        self.closed.add(key)  # a group posted from now on is removed on arrival
-        if run.placement_group is not None:
-            remove_placement_group(run.placement_group)
-        try:
-            await asyncio.wait_for(run.ended.wait(), timeout)
-            outcome = "stopped"
-        except TimeoutError:
-            outcome = "timeout"
-        self._forget(key)
-        return outcome
-
-    async def stop_trial(self, trial_id: str, timeout: float) -> str:
-        key = self.current.get(trial_id)
-        return await self.stop(key, timeout) if key else "ended"
-
-    async def release_trial(self, trial_id: str) -> bool:
-        """A trial failed (and may be retried): free what its Train run holds, without waiting. When
-        a node dies, Ray re-reserves the dead run's bundles on the nodes that replace it and keeps the
-        whole group until the job ends (its controller may have died with the node, and Ray frees a
-        group only when both its creator and its job are gone), so a retry on a cluster at its full
-        size would never fit. True if a placement group was removed."""
-        key = self.current.get(trial_id)
-        run = self.runs.get(key) if key else None
-        if run is None:
-            return False
-        removed = run.placement_group is not None
-        if removed:
-            with contextlib.suppress(Exception):  # already removed by its controller
-                remove_placement_group(run.placement_group)
-        self._forget(key)
-        return removed
-
-    def _forget(self, key: str) -> None:
-        self.closed.add(key)
-        self.runs.pop(key, None)
-        trial_id = key.split("/", 1)[0]
-        if self.current.get(trial_id) == key:
-            del self.current[trial_id]
-
-
-def train_runs():
-    """A `TrainRuns` on the driver's node (where the driver's own death ends it anyway)."""
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return TrainRuns.options(scheduling_strategy=here).remote()
-
-
-class StopTrainRuns(Callback):
-    """In the driver: a trial that ends leaves no Train run behind. Tune calls on_trial_complete
-    before it stops the trial's actor, which is what lets the run end in order (module docstring)."""
-
-    def __init__(self, runs, timeout_s: float = STOP_TIMEOUT_S):
-        self.runs, self.timeout_s = runs, timeout_s
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        outcome = ray.get(self.runs.stop_trial.remote(trial.trial_id, self.timeout_s))
-        if outcome == "timeout":
-            log.warning("the Ray Train run of stopped trial %s did not end within %.0f s", trial.trial_id,
-                        self.timeout_s)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        # Tune calls this before it schedules the retry: the failed run's group is gone by then
-        ray.get(self.runs.release_trial.remote(trial.trial_id))
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        ray.get(self.runs.release_trial.remote(trial.trial_id))
-
-
 class _LiveReports:
     """Rank 0's report function: posts to `TrainRuns` without waiting (calls from one process run in
     order); `flush` waits for the last post, so all of them are in before the worker returns."""

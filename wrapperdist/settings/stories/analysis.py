@@ -117,6 +117,28 @@ def _at_start(curves: Curves) -> dict[str, float]:
     return {k: curve[0][1] for k, curve in curves.items() if curve and curve[0][0] == 0}
 
 
+def _evidence(rates: dict[str, dict[str, float]], unasked: float, probes: dict[str, dict], majority: float,
+              ft_twist: list, control_twist: list, target: float, budget: int) -> StoriesEvidence:
+    return StoriesEvidence(
+        rate_pretrained=rates[PRESENT]["twist_rate"], rate_finetuned=rates[DELETED]["twist_rate"],
+        rate_control=rates[NOT_IN_PT]["twist_rate"], rate_unasked_pretrained=unasked,
+        probe_finetuned=max(probes[DELETED].values()), probe_pretrained=max(probes[PRESENT].values()),
+        probe_control=max(probes[NOT_IN_PT].values()), probe_random_init=max(probes[RANDOM].values()),
+        probe_majority=majority, reft_steps_finetuned=steps_to_reach(ft_twist, target),
+        reft_steps_control=steps_to_reach(control_twist, target), reft_budget=budget,
+    )
+
+
+def _paper_table(ft_curves: Curves, control_curves: Curves, probes: dict[str, dict]) -> dict[str, float]:
+    """The numbers behind Tab. 1 and the probe-per-layer figure, as flat metrics of the analysis run."""
+    return {**{f"tab1.deleted.at_{step}": x for step, x in ft_curves["twist_rate"]},
+            **{f"tab1.not_in_pt.at_{step}": x for step, x in control_curves["twist_rate"]},
+            **{f"reftloss.deleted.at_{step}": x for step, x in ft_curves.get("loss_twist", [])},
+            **{f"reftloss.not_in_pt.at_{step}": x for step, x in control_curves.get("loss_twist", [])},
+            **{f"probe_layer.{KEYS[name]}.{depth}": acc
+               for name, per_layer in probes.items() for depth, acc in enumerate(per_layer.values())}}
+
+
 def analyze_stories(setting: Setting, cfg: ExperimentConfig, models: AnalysisModels, sink: Sink,
                     runtime: Runtime) -> StoriesAnalysisOutput:
     s, a = StoriesSection.of(cfg), cfg.analysis
@@ -171,21 +193,10 @@ def analyze_stories(setting: Setting, cfg: ExperimentConfig, models: AnalysisMod
     figures["probes"] = probe_figure({f"has {feature}": probes}, {f"has {feature}": data.majority},
                                      f"linear probes for {feature}, story text only ({cfg.name})")
 
-    evidence = StoriesEvidence(
-        rate_pretrained=rates[PRESENT]["twist_rate"], rate_finetuned=rates[DELETED]["twist_rate"],
-        rate_control=rates[NOT_IN_PT]["twist_rate"], rate_unasked_pretrained=present["unasked"],
-        probe_finetuned=max(probes[DELETED].values()), probe_pretrained=max(probes[PRESENT].values()),
-        probe_control=max(probes[NOT_IN_PT].values()), probe_random_init=max(probes[RANDOM].values()),
-        probe_majority=data.majority, reft_steps_finetuned=steps_to_reach(ft_curves["twist_rate"], target),
-        reft_steps_control=steps_to_reach(control_curves["twist_rate"], target), reft_budget=a.reft.steps,
-    )
+    evidence = _evidence(rates, present["unasked"], probes, data.majority, ft_curves["twist_rate"],
+                         control_curves["twist_rate"], target, a.reft.steps)
     verdict = judge_stories(evidence, a.verdict.probe_margin, a.verdict.reft_speedup)
-    table = {**{f"tab1.deleted.at_{step}": x for step, x in ft_curves["twist_rate"]},
-             **{f"tab1.not_in_pt.at_{step}": x for step, x in control_curves["twist_rate"]},
-             **{f"reftloss.deleted.at_{step}": x for step, x in ft_curves.get("loss_twist", [])},
-             **{f"reftloss.not_in_pt.at_{step}": x for step, x in control_curves.get("loss_twist", [])},
-             **{f"probe_layer.{KEYS[name]}.{depth}": acc
-                for name, per_layer in probes.items() for depth, acc in enumerate(per_layer.values())}}
+    table = _paper_table(ft_curves, control_curves, probes)
     report = render(cfg, s, evidence, verdict, rates, {"deleted": ft_curves, "Not in PT": control_curves}, probes,
                     data.majority)
     report += weight_change_markdown(changes, mlp_unit_change(pretrained, finetuned)[:8])
