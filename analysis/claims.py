@@ -45,6 +45,9 @@ class Claim:
     paper: str  # what the paper reports, with its source
     criterion: str  # what must hold here, in words (the code below is the definition)
     judge: Callable[[list], Judgement]
+    # "finetune": judged on the longest fine-tune of each condition and seed (the paper's Tab. 5 reads
+    # 10K-step runs; a 10K run replaces the same seed's 1K run); "analysis": on the analysed fine-tunes
+    reads: str = "finetune"
 
 
 # -- numbers ---------------------------------------------------------------------------------------
@@ -106,8 +109,17 @@ def floor_text(rows: list, key: str) -> str:
     return f"; modal-answer floor {100 * stat(floors).mean:.1f} %" if floors else ""
 
 
+def length_text(rows: list) -> str:
+    """How long the fine-tunes behind a verdict were (the paper's Tab. 5 columns are 1K and 10K)."""
+    lengths = sorted({r["ft"].steps for r in rows if r["ft"].steps})
+    shown = [f"{n // 1000}K" if n % 1000 == 0 else str(n) for n in lengths]
+    return f"; {' and '.join(shown)}-step fine-tunes" if lengths else ""
+
+
 def capped(rows: list, judgement: Judgement) -> Judgement:
-    """Fewer than MIN_SEEDS seeds: the numbers stand, the verdict is inconclusive."""
+    """Fewer than MIN_SEEDS seeds: the numbers stand, the verdict is inconclusive. The numbers say how
+    long the fine-tunes were."""
+    judgement = Judgement(judgement.status, judgement.numbers + length_text(rows))
     seeds = {r["ft"].seed for r in rows}
     if len(seeds) < MIN_SEEDS and judgement.status != "inconclusive":
         return Judgement("inconclusive", f"{judgement.numbers} — {len(seeds)} seed(s) < {MIN_SEEDS} "
@@ -335,19 +347,19 @@ PCFG_CLAIMS = [
     Claim("4", "pcfg", "pruning 5-15 rows of low-prior models fine-tuned with a correlation at eta_M / eta_S "
           "clearly raises O_PT while O_FT falls (Fig. 7)", "over the fine-tunes that lost O_PT (>= 20 points): "
           "held-out gain (K chosen on a selection split) lower bound >= 30 points and mean >= 20 above random rows",
-          pruning_revives),
+          pruning_revives, reads="analysis"),
     Claim("5", "pcfg", "count(a) probes on fine-tuned models follow the pretrained model's, except low prior at "
           "eta_M (Fig. 8)", "fine-tuned minus pretrained best-layer probe accuracy lower bound >= -5 points; "
           "precondition: the probe reads count(a) >= 10 points above a random init. A count(a)+1 wrapper keeps "
           "count(a) decodable by construction: the probe cannot tell a wrapper from an untouched model",
-          probes_follow),
+          probes_follow, reads="analysis"),
     Claim("6", "pcfg", "reFT revives O_PT far faster than Scr.+FT at the same LR (Fig. 9)",
           "O_PT at the end of the same reFT budget, fine-tuned minus Scr.+FT, lower bound >= 30 points; "
           "precondition: O_PT was lost",
-          reft_beats_control),
+          reft_beats_control, reads="analysis"),
     Claim("6b", "pcfg", "low prior revives slower (~3K) than medium / high (10^2-10^3; Fig. 9)",
           "low's steps lower bound above medium / high's upper bound; precondition: medium / high lost O_PT",
-          low_revives_slower),
+          low_revives_slower, reads="analysis"),
 ]
 
 
@@ -374,7 +386,7 @@ TRACR_CLAIMS = [
           _ft_claim("tracr", None, ("M", "S"), lambda c: c == 1.0, "ft_acc", _below(0.1, 0.3),
                     "C_Tr = 1, eta_M / eta_S")),
     Claim("7c", "tracr", "pruning a single weight gives a > 60 % gain on count a (Fig. 10)",
-          "best single-weight gain > 60 points", tracr_single_weight),
+          "best single-weight gain > 60 points", tracr_single_weight, reads="analysis"),
 ]
 
 
@@ -427,10 +439,10 @@ def stories_probe(rows: list) -> Judgement:
 STORIES_CLAIMS = [
     Claim("10a", "stories", "at 30 reFT iterations every deleted model is at or above the Not-in-PT control "
           "(44-88 % vs 31 %; Tab. 1)", "over the deletions that removed >= 20 points of the twist rate: deleted "
-          "minus control at 1 % of reFT, lower bound >= 0", stories_revival),
+          "minus control at 1 % of reFT, lower bound >= 0", stories_revival, reads="analysis"),
     Claim("10b", "stories", "the Twist probe stays close to Present in PT (Fig. 11)",
           "deleted minus Present-in-PT lower bound >= -5 points; precondition: the probe reads Not-in-PT >= 5 "
-          "points below Present-in-PT", stories_probe),
+          "points below Present-in-PT", stories_probe, reads="analysis"),
 ]
 
 CLAIMS = [*PCFG_CLAIMS, *TRACR_CLAIMS, *STORIES_CLAIMS]
@@ -451,8 +463,30 @@ def unique(rows: list) -> list:
     return list(by_condition.values())
 
 
+def _condition(r) -> tuple:
+    """A fine-tune's condition and seed, whatever its length and however it was analysed."""
+    ft = r["ft"]
+    params = tuple(sorted((k, str(v)) for k, v in r.get("params", {}).items()
+                          if not k.startswith("analysis.") and k not in LENGTH_PARAMS))
+    return r["setting"], ft.prior, ft.lr, ft.c_tr, ft.seed, params
+
+
+LENGTH_PARAMS = ("finetune.optim.steps", "finetune.optim.eval_every")
+
+
+def longest(rows: list) -> list:
+    """One row per condition and seed: its longest fine-tune."""
+    best: dict = {}
+    for r in rows:
+        key = _condition(r)
+        if key not in best or r["ft"].steps > best[key]["ft"].steps:
+            best[key] = r
+    return list(best.values())
+
+
 def judge_all(rows: list, claims: list[Claim] = CLAIMS) -> list[tuple[Claim, Judgement]]:
-    return [(claim, claim.judge(rows)) for claim in claims]
+    views = {"finetune": longest(rows), "analysis": [r for r in rows if r["ft"].analysis]}
+    return [(claim, claim.judge(views[claim.reads])) for claim in claims]
 
 
 def markdown(results: list[tuple[Claim, Judgement]], sources: list[str], rows: list) -> str:

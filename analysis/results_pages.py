@@ -47,6 +47,12 @@ def _source(name: str, rows: list) -> str:
 
 def pcfg(root: Path = ROOT) -> list[str]:
     lines = []
+    everything = [r["ft"] for rows in sweeps_of("pcfg", root).values() for r in rows]
+    lengths = tab5.length_table(everything)
+    if lengths:
+        lines += ["### The paper's fine-tuning length beside the demo's", "",
+                  "The demo fine-tunes for 1K steps with a whole cosine schedule; Tab. 5's 1K column is a point "
+                  "inside a 10K-step run (2K warm-up). Both, for the cells run at 10K:", "", *lengths]
     for name, rows in sweeps_of("pcfg", root).items():
         fts = [r["ft"] for r in rows]
         body = report.markdown(name, fts, None).split("\n", 2)[2]  # without its "# Sweep" title

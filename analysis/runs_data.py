@@ -65,6 +65,8 @@ def load(path: str | Path) -> list[dict[str, Any]]:
         ft = FineTune(**{k: v for k, v in row.items() if k in names})
         ft.analysis = {k: [tuple(p) for p in v] for k, v in ft.analysis.items()}
         ft.reft_budgets = {int(k): v for k, v in ft.reft_budgets.items()}
+        ft.curves = {k: [tuple(p) for p in v] for k, v in ft.curves.items()}
+        ft.steps = ft.steps or int(row.get("params", {}).get("finetune.optim.steps", 0))  # files from before the field
         row["ft"] = ft
     return rows
 

@@ -33,6 +33,8 @@ class FineTune:
     analysis: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> (x, value)
     start_metrics: dict[str, float] = field(default_factory=dict)  # every eval metric at step 0 (pretrained)
     reft_budgets: dict[int, float] = field(default_factory=dict)  # budget -> pt_acc after reFT
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # START_KEYS at every evaluation
+    steps: int = 0  # fine-tuning steps (0: not recorded; then read from the run's params)
 
     @property
     def cell(self) -> tuple[str, float, float]:
@@ -58,6 +60,11 @@ def start_value(client: MlflowClient, run, key: str) -> float:
     return history[0][1] if history else float("nan")
 
 
+def at_step(ft: FineTune, key: str, step: int) -> float | None:
+    """`key` at evaluation `step` of the fine-tune (None where it was not evaluated there)."""
+    return next((v for s, v in ft.curves.get(key, []) if s == step), None)
+
+
 def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[FineTune]:
     runs = client.search_runs([experiment_id], filter_string=f"tags.`wrapperdist.sweep` = '{sweep_id}'",
                               max_results=50_000)
@@ -74,10 +81,12 @@ def collect(client: MlflowClient, experiment_id: str, sweep_id: str) -> list[Fin
         ft = FineTune(r.info.run_id, pretrained, float(p["finetune.optim.lr"]),
                       float(p.get("setting.spurious_fraction", 0.0)), int(p["seed"]), dict(r.data.metrics),
                       start_value(client, r, "pt_acc"), start_value(client, r, "ft_acc"))
+        ft.steps = int(p.get("finetune.optim.steps", 0))
         for key in START_KEYS:
-            start = _history(client, r.info.run_id, key) if key in r.data.metrics else []
-            if start:
-                ft.start_metrics[key] = start[0][1]
+            curve = _history(client, r.info.run_id, key) if key in r.data.metrics else []
+            if curve:
+                ft.start_metrics[key] = curve[0][1]
+                ft.curves[key] = curve  # Tab. 5's 1K column is a point inside a 10K-step run
         for child in by_parent[r.info.run_id]:
             if child.info.status != "FINISHED":
                 continue

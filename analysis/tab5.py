@@ -20,7 +20,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_tables import PAPER_FINETUNED, PAPER_PRETRAINED, mean_ci  # noqa: E402
+from paper_tables import PAPER_ETA, PAPER_FINETUNED, PAPER_PRETRAINED, mean_ci, paper_finetuned  # noqa: E402
 from report import floor_cell, floor_values, relation_line  # noqa: E402
 from sweep_runs import collect  # noqa: E402
 
@@ -91,6 +91,41 @@ def tables(fine_tunes) -> list[str]:
         lines.append(f"| floor: {label} | | | "
                      + " | ".join(_floor(fine_tunes, kind, k) for k in (*FINAL_KEYS, *PLAIN_KEYS)) + " |")
     return lines + relation_line(fine_tunes)
+
+
+LENGTH_KEYS = (("pt_acc", "O_PT, C_Te = 0"), ("ft_acc", "O_FT, C_Te = 0"), ("ft_acc_spurious", "O_FT, C_Te = 1"))
+
+
+def length_table(fine_tunes, long_steps: int = 10_000, short_steps: int = 1_000) -> list[str]:
+    """Tab. 5's two columns from the runs of the paper's length (a point inside a `long_steps` run, and
+    its end) beside the runs that end at `short_steps` (a whole cosine schedule in that many steps), for
+    every cell that has both lengths; %, means ± 95 % t-intervals over seeds."""
+    from sweep_runs import at_step
+
+    cells = defaultdict(lambda: defaultdict(list))  # (eta, prior, C_Tr) -> column -> fine-tunes
+    for ft in fine_tunes:
+        column = {long_steps: "long", short_steps: "short"}.get(ft.steps)
+        if column:
+            cells[(PAPER_ETA.get(ft.lr, f"lr={ft.lr:g}"), ft.prior, ft.c_tr)][column].append(ft)
+    lines = []
+    for (eta, prior, c_tr), columns in sorted(cells.items(), key=lambda kv: (kv[0][0], _prior_order(kv[0][1]),
+                                                                             kv[0][2])):
+        if not columns["long"]:
+            continue
+        paper = paper_finetuned(eta, prior, c_tr)
+        lines += [f"eta_{eta}, {prior} prior, C_Tr = {c_tr:g} — {len(columns['long'])} run(s) of {long_steps // 1000}K "
+                  f"steps, {len(columns['short'])} of {short_steps // 1000}K:", "",
+                  f"| accuracy (%) | {short_steps // 1000}K-step run, end | {long_steps // 1000}K-step run at "
+                  f"{short_steps // 1000}K | {long_steps // 1000}K-step run, end | paper, {long_steps // 1000}K |",
+                  "|---|---|---|---|---|"]
+        for i, (key, label) in enumerate(LENGTH_KEYS):
+            inside = [v for v in (at_step(ft, key, short_steps) for ft in columns["long"]) if v is not None]
+            ends = [ft.metrics[key] for ft in columns["long"] if key in ft.metrics]
+            shorts = [ft.metrics[key] for ft in columns["short"] if key in ft.metrics]
+            theirs = "—" if paper is None else f"{paper[(0, 2, 3)[i]]:g}"
+            lines.append(f"| {label} | {_ours(shorts)} | {_ours(inside)} | {_ours(ends)} | {theirs} |")
+        lines.append("")
+    return lines
 
 
 def main() -> None:

@@ -139,3 +139,36 @@ def test_runs_data_reads_a_setting_without_answer_accuracies():
 
     run = SimpleNamespace(info=SimpleNamespace(run_id="r"), data=SimpleNamespace(metrics={"twist_rate": 0.3}))
     assert sweep_runs.start_value(None, run, "pt_acc") != sweep_runs.start_value(None, run, "pt_acc")  # NaN
+
+
+def test_a_10k_fine_tune_replaces_the_same_seeds_1k_one_for_the_table_5_claims():
+    """Tab. 5 reads 10K-step runs. Where a seed has both lengths, claims on fine-tuning accuracy use
+    the 10K run (not both: the seed would count twice); the analyses' claims keep the analysed 1K runs."""
+    short = [fine_tune(s, pt_after=0.75) for s in range(3)]  # 1K steps: O_PT not yet collapsed
+    for r in short:
+        r["ft"].steps, r["params"] = 1000, {"finetune.optim.steps": "1000", "analysis.reft.steps": "1000"}
+    long = [fine_tune(s, pt_after=0.05) for s in range(3)]  # 10K steps, not analysed
+    for r in long:
+        r["ft"].steps, r["params"], r["ft"].analysis = 10000, {"finetune.optim.steps": "10000"}, {}
+    assert by_item(short)["3a"].status == "not reproduced"
+    verdicts = by_item(short + long)
+    assert verdicts["3a"].status == "reproduced", verdicts["3a"]
+    assert "(n=3)" in verdicts["3a"].numbers and "10K-step fine-tunes" in verdicts["3a"].numbers
+    assert verdicts["4"].status == "reproduced" and "1K-step fine-tunes" in verdicts["4"].numbers  # the analysed runs
+    assert len(claims.longest(short + long)) == 3
+
+
+def test_the_length_table_reads_the_1k_column_inside_the_10k_runs():
+    import tab5
+
+    short = [fine_tune(s, pt_after=0.75)["ft"] for s in range(2)]
+    long = [fine_tune(s, pt_after=0.05)["ft"] for s in range(2)]
+    for ft in short:
+        ft.steps = 1000
+    for ft in long:
+        ft.steps = 10000
+        ft.curves = {"pt_acc": [(0, 1.0), (1000, 0.6), (10000, 0.05)]}
+    text = "\n".join(tab5.length_table(short + long))
+    assert "eta_M, low prior, C_Tr = 1 — 2 run(s) of 10K steps, 2 of 1K" in text
+    assert "| O_PT, C_Te = 0 | 75.0 ± 0.0 | 60.0 ± 0.0 | 5.0 ± 0.0 | 17.5 |" in text  # paper: Tab. 5, 10K
+    assert tab5.length_table(short) == []  # nothing at the paper's length: no table
