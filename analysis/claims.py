@@ -471,17 +471,22 @@ def _condition(r) -> tuple:
     return r["setting"], ft.prior, ft.lr, ft.c_tr, ft.seed, params
 
 
-LENGTH_PARAMS = ("finetune.optim.steps", "finetune.optim.eval_every")
+LENGTH_PARAMS = ("finetune.optim.steps", "finetune.optim.eval_every", "seed")  # seed: explicit in the key
 
 
 def longest(rows: list) -> list:
-    """One row per condition and seed: its longest fine-tune."""
-    best: dict = {}
+    """Each cell (condition, all seeds) at its longest fine-tuning length: where some seeds ran at the
+    paper's 10K, the cell is judged on those alone, never on a mix of lengths (a 1K-long seed is a
+    different measurement, not one more replicate)."""
+    cells: dict = {}
     for r in rows:
-        key = _condition(r)
-        if key not in best or r["ft"].steps > best[key]["ft"].steps:
-            best[key] = r
-    return list(best.values())
+        setting, prior, lr, c_tr, _, params = _condition(r)
+        cells.setdefault((setting, prior, lr, c_tr, params), []).append(r)
+    out = []
+    for cell in cells.values():
+        length = max(r["ft"].steps for r in cell)
+        out += [r for r in cell if r["ft"].steps == length]
+    return out
 
 
 def judge_all(rows: list, claims: list[Claim] = CLAIMS) -> list[tuple[Claim, Judgement]]:

@@ -146,16 +146,21 @@ def test_a_10k_fine_tune_replaces_the_same_seeds_1k_one_for_the_table_5_claims()
     the 10K run (not both: the seed would count twice); the analyses' claims keep the analysed 1K runs."""
     short = [fine_tune(s, pt_after=0.75) for s in range(3)]  # 1K steps: O_PT not yet collapsed
     for r in short:
-        r["ft"].steps, r["params"] = 1000, {"finetune.optim.steps": "1000", "analysis.reft.steps": "1000"}
+        r["ft"].steps, r["params"] = 1000, {"finetune.optim.steps": "1000", "analysis.reft.steps": "1000",
+                                            "seed": str(r["ft"].seed)}
     long = [fine_tune(s, pt_after=0.05) for s in range(3)]  # 10K steps, not analysed
     for r in long:
-        r["ft"].steps, r["params"], r["ft"].analysis = 10000, {"finetune.optim.steps": "10000"}, {}
+        r["ft"].steps, r["params"], r["ft"].analysis = 10000, {"finetune.optim.steps": "10000",
+                                                               "seed": str(r["ft"].seed)}, {}
     assert by_item(short)["3a"].status == "not reproduced"
     verdicts = by_item(short + long)
     assert verdicts["3a"].status == "reproduced", verdicts["3a"]
     assert "(n=3)" in verdicts["3a"].numbers and "10K-step fine-tunes" in verdicts["3a"].numbers
     assert verdicts["4"].status == "reproduced" and "1K-step fine-tunes" in verdicts["4"].numbers  # the analysed runs
     assert len(claims.longest(short + long)) == 3
+    fourth = fine_tune(3, pt_after=0.75)  # a seed run at 1K only: not mixed into the 10K verdict
+    fourth["ft"].steps, fourth["params"] = 1000, {"finetune.optim.steps": "1000", "seed": "3"}
+    assert "(n=3)" in by_item(short + long + [fourth])["3a"].numbers
 
 
 def test_the_length_table_reads_the_1k_column_inside_the_10k_runs():
