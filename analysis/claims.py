@@ -471,7 +471,10 @@ def _condition(r) -> tuple:
     return r["setting"], ft.prior, ft.lr, ft.c_tr, ft.seed, params
 
 
-LENGTH_PARAMS = ("finetune.optim.steps", "finetune.optim.eval_every", "seed")  # seed: explicit in the key
+# not part of a cell: the length (compared across), the seed (explicit in the key), and the Scr.+FT
+# control's own settings (they change the analysis' control model, not the fine-tune)
+LENGTH_PARAMS = ("finetune.optim.steps", "finetune.optim.eval_every", "seed", "setting.control",
+                 "setting.control_steps")
 
 
 def longest(rows: list) -> list:

@@ -47,7 +47,7 @@ def _source(name: str, rows: list) -> str:
 
 def pcfg(root: Path = ROOT) -> list[str]:
     lines = []
-    everything = [r["ft"] for rows in sweeps_of("pcfg", root).values() for r in rows]
+    everything = [r["ft"] for r in unique([r for rows in sweeps_of("pcfg", root).values() for r in rows])]
     lengths = tab5.length_table(everything)
     if lengths:
         lines += ["### The paper's fine-tuning length beside the demo's", "",
