@@ -21,7 +21,7 @@ from wrapperdist.stages import reft_lr, reft_optim, run_reft
 REFT_KEYS = ("finetuned", "control", "control_high_lr", "random_init")  # the reFT curves, in order
 
 
-def reft_data_digest(setting: AnswerSettingLike, cfg: ExperimentConfig) -> str:
+def _reft_data_digest(setting: AnswerSettingLike, cfg: ExperimentConfig) -> str:
     """What a reFT run reads, by content: its first training batches, its held-out sets and its loss.
     A control's curve depends on nothing else of the fine-tune (prior, C_Tr, FT LR), so analyses
     that differ only there share it."""
@@ -38,7 +38,7 @@ def reft_data_digest(setting: AnswerSettingLike, cfg: ExperimentConfig) -> str:
     return digest.hexdigest()
 
 
-def shared_reft(setting: AnswerSettingLike, cfg: ExperimentConfig, model: HookedModule, lr: float, sink: Sink,
+def _shared_reft(setting: AnswerSettingLike, cfg: ExperimentConfig, model: HookedModule, lr: float, sink: Sink,
                  runtime: Runtime, evaluate: Evaluator, desc: str, data_digest: str) -> list[tuple[int, float]]:
     """reFT of a control (Scr.+FT, Scr.): a pure function of its start weights, the reFT optimiser,
     the seed and the data, so the analyses of a sweep that share a control (every prior, C_Tr and
@@ -59,14 +59,14 @@ def shared_reft(setting: AnswerSettingLike, cfg: ExperimentConfig, model: Hooked
 
 
 def reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: HookedModule, control: HookedModule,
-                 random_init: HookedModule, evaluate: Evaluator, sink: Sink,
-                 runtime: Runtime) -> dict[str, list[tuple[int, float]]]:
+                random_init: HookedModule, evaluate: Evaluator, sink: Sink,
+                runtime: Runtime) -> dict[str, list[tuple[int, float]]]:
     """reFT of the fine-tuned model (in place) vs the control at the same LR and at a higher one, and
     Scr. (a random init trained on the pretraining capability alone, paper App. E.4); keys are the
     curves' labels, in the order of `REFT_KEYS`. The three control curves are shared (memoised)."""
     lr, multiplier = reft_lr(cfg), cfg.analysis.reft.control_lr_multiplier
     name = setting.control_label(cfg)
-    data_digest = reft_data_digest(setting, cfg)
+    data_digest = _reft_data_digest(setting, cfg)
     curves = {f"fine-tuned → reFT (lr {lr:g})": run_reft(
         setting, cfg, reft_model, lr, PrefixSink(sink, f"reft.{REFT_KEYS[0]}."), runtime, evaluate=evaluate,
         desc="reFT fine-tuned")}
@@ -76,6 +76,6 @@ def reft_curves(setting: AnswerSettingLike, cfg: ExperimentConfig, reft_model: H
     if not cfg.analysis.reft.scratch:
         controls = controls[:2]
     for key, (label, model, rate, desc) in zip(REFT_KEYS[1:], controls, strict=False):
-        curves[label] = shared_reft(setting, cfg, copy.deepcopy(model), rate, PrefixSink(sink, f"reft.{key}."),
-                                     runtime, evaluate, desc, data_digest)
+        curves[label] = _shared_reft(setting, cfg, copy.deepcopy(model), rate, PrefixSink(sink, f"reft.{key}."),
+                                      runtime, evaluate, desc, data_digest)
     return curves
