@@ -286,3 +286,27 @@ def test_fresh_probes_run_on_the_settings_generator():
     assert list(per_layer) == model.residual_names() and all(0.0 <= a <= 1.0 for a in per_layer.values())
     assert [v for _, v in sink.history("probe.pt.pretrained")] == list(per_layer.values())
     assert 0.0 < floors["pretraining target (count O_PT)"] <= 1.0
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5])
+def test_pretraining_share_of_finetuning_batches_matches_the_config(share):
+    """App. E.1's mix: a share of fine-tuning rows comes from the pretraining mixture. Under the low
+    prior (b drawn once in 1000) a mixed row is almost never a count-b prompt, so the rows that are not
+    count(b) estimate the share; every mixed counter row is labelled with its true count."""
+    cfg = _cfg(prior="low", spurious_fraction=0.0, pretrain_share=share)
+    setting = setting_for(cfg)
+    data = setting.tasks(cfg)
+    stream = setting.batches(cfg, "finetune", 500)
+    rows = [(decoded, int(answer)) for _ in range(8) for tokens, answers in [next(stream)]
+            for decoded, answer in zip(_decoded(data, np.asarray(tokens)), np.asarray(answers), strict=True)]
+    mixed = [(d, a) for d, a in rows if (d[0], d[1]) != ("<counter>", "b")]
+    assert abs(len(mixed) / len(rows) - share) < 0.02, (len(mixed), len(rows))  # binomial sd ≤ 0.008
+    if share:
+        assert {d[0] for d, _ in mixed} >= {"<counter>", "<index_of_occurrence>"}  # the mixture's families
+    vocab = data.tasks.vocab
+    for (family, operand, text), answer in mixed:
+        if family == "<counter>":
+            assert vocab.decode(answer) == str(text[-8:].count(operand))  # count_window 8
+    plain = setting.batches(_cfg(prior="low", spurious_fraction=0.0), "finetune", 500)
+    if share == 0:  # no share: the stream is exactly the one before the option existed
+        assert np.array_equal(np.asarray(next(plain)[0]), np.asarray(next(setting.batches(cfg, "finetune", 500))[0]))

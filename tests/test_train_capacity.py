@@ -19,7 +19,7 @@ from ray.util.placement_group import placement_group, placement_group_table
 
 from wrapperdist.cli import main
 from wrapperdist.sweep.ray_train import CAPACITY_FAILURES, capacity_shortfall
-from wrapperdist.sweep.train_runs import StopTrainRuns, train_runs
+from wrapperdist.sweep.train_runs import WORKER_CLASS, StopTrainRuns, train_runs
 
 pytestmark = pytest.mark.ray
 
@@ -56,6 +56,45 @@ def test_a_failed_train_runs_placement_group_is_released_before_the_retry(local_
     ray.get(runs.placed.remote(late_key, late))
     assert _state(late) == "REMOVED"
     assert not ray.get(runs.release_trial.remote("never-ran"))
+
+
+def test_a_group_no_rank_posted_is_found_among_the_groups_left_behind():
+    """A node lost while the run's workers were still starting: no rank posted the group. The driver
+    removes the groups whose Train workers are all dead, and no other: not one whose worker is alive,
+    not one that holds no worker yet (a sibling run reserving its group). Through Ray's state API, so
+    with a dashboard, as on a cluster."""
+    import time
+
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.state import list_actors
+
+    ray.init(address="local", num_cpus=3, include_dashboard=True, log_to_driver=False)
+    try:
+        worker_class = ray.remote(num_cpus=1)(type(WORKER_CLASS, (), {"ping": lambda self: 1}))
+
+        def group_with_a_worker():
+            group = placement_group([{"CPU": 1}])
+            worker = worker_class.options(scheduling_strategy=PlacementGroupSchedulingStrategy(group)).remote()
+            ray.get(worker.ping.remote(), timeout=60)
+            return group, worker
+
+        (lost, lost_worker), (alive, _alive_worker) = group_with_a_worker(), group_with_a_worker()
+        reserving = placement_group([{"CPU": 1}])
+        ray.get(reserving.ready(), timeout=30)
+        ray.kill(lost_worker)
+        deadline = time.time() + 60
+        while {a.state for a in list_actors(filters=[("class_name", "=", WORKER_CLASS)])} != {"DEAD", "ALIVE"}:
+            assert time.time() < deadline, "the state API never showed the killed worker dead"
+            time.sleep(0.5)
+        runs = train_runs()
+        ray.get(runs.open.remote("trial-1"))  # its ranks never posted the group
+        assert ray.get(runs.release_trial.remote("trial-1"))
+        assert (_state(lost), _state(alive), _state(reserving)) == ("REMOVED", "CREATED", "CREATED")
+    finally:
+        ray.shutdown()
+    from ray.train.v2._internal.execution.worker_group.worker import RayTrainWorker
+
+    assert RayTrainWorker.__name__ == WORKER_CLASS  # the name the search filters on
 
 
 def test_ray_train_still_names_its_capacity_failures():

@@ -13,9 +13,10 @@ order, its cleaner included) and waits until the trial's `fit()` has returned.
 Failing: a Train run that lost a node fails its trial, and Tune retries the trial. If the node held
 the trial (and so the run's controller, which Ray places on the trial's node), nothing of Ray Train
 is left to remove the run's group; `StopTrainRuns.on_trial_recover` removes it before the retry is
-scheduled, so the retry fits in the capacity the cluster had (measured on the local cluster: Ray 2.60
-freed it by itself in the runs tried, so this is a guarantee, not a workaround that was seen to be
-needed)."""
+scheduled, so the retry fits in the capacity the cluster had. Ray Train's own cleaner frees the group
+too, but only once it has registered it, after the worker group is up; a node lost before that, or
+before any rank posted the group here, leaves it reserved until the job ends: then the driver finds
+it among the groups whose workers are all dead (`orphaned_worker_groups`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import ray
 from ray.tune import Callback
-from ray.util.placement_group import remove_placement_group
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
@@ -129,18 +130,20 @@ class TrainRuns:
     async def release_trial(self, trial_id: str) -> bool:
         """A trial failed (and may be retried): free what its Train run holds, without waiting, so a
         retry on a cluster at its full size fits even when nothing of Ray Train survived to free it
-        (module docstring: Ray 2.60 freed it by itself in the runs measured; this makes it certain).
-        True if a placement group was removed."""
+        (module docstring). True if a placement group was removed."""
         key = self.current.get(trial_id)
         run = self.runs.get(key) if key else None
         if run is None:
             return False
-        removed = run.placement_group is not None
-        if removed:
+        groups = [run.placement_group] if run.placement_group is not None else []
+        if not groups:  # no rank got as far as posting it: look for it among the groups left behind
+            groups = [PlacementGroup(ray.PlacementGroupID.from_hex(pg))
+                      for pg in await asyncio.to_thread(orphaned_worker_groups)]
+        for group in groups:
             with contextlib.suppress(Exception):  # already removed by its controller
-                remove_placement_group(run.placement_group)
+                remove_placement_group(group)
         self._forget(key)
-        return removed
+        return bool(groups)
 
     def _forget(self, key: str) -> None:
         self.closed.add(key)
@@ -148,6 +151,36 @@ class TrainRuns:
         trial_id = key.split("/", 1)[0]
         if self.current.get(trial_id) == key:
             del self.current[trial_id]
+
+
+def orphaned_worker_groups() -> list[str]:
+    """Ids of the placement groups that held Ray Train workers, every one of them dead now, and that
+    nothing removed: what a run leaves behind when its node dies after the group was reserved and its
+    workers created but before any rank's first act (so no rank posted the group, and Ray Train's own
+    cleaner, which registers it only once the worker group is up, does not know it either). Seen under
+    load, where that start takes tens of seconds. A group whose workers are starting or alive, or that
+    holds no worker yet, is not touched. Needs Ray's public state API, i.e. a dashboard: every cluster
+    has one; without it (a local sweep, which loses no node) this finds nothing."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    try:
+        # detail=True: an actor's placement group and a group's `is_detached` are detail fields
+        kept = {g.placement_group_id for g in list_placement_groups(
+            filters=[("state", "!=", "REMOVED")], limit=10_000, detail=True, raise_on_missing_output=False)
+            if not g.is_detached}
+        workers = list_actors(filters=[("class_name", "=", WORKER_CLASS)], limit=10_000, detail=True,
+                              raise_on_missing_output=False)
+    except Exception as e:  # noqa: BLE001 - no state API here: nothing to find
+        log.info("no Ray state API to look for orphaned Train groups: %s", e)
+        return []
+    states: dict[str, set[str]] = {}
+    for actor in workers:
+        if actor.placement_group_id in kept:
+            states.setdefault(actor.placement_group_id, set()).add(actor.state)
+    return sorted(pg for pg, seen in states.items() if seen == {"DEAD"})
+
+
+WORKER_CLASS = "RayTrainWorker"  # Ray Train's worker actor (tests/test_train_capacity.py pins the name)
 
 
 def train_runs():

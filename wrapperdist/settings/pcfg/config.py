@@ -62,7 +62,8 @@ class PCFGSection(SettingSection):
     strings, under a sampling prior over operands, then fine-tuned on one task."""
 
     name: Literal["pcfg"] = "pcfg"
-    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset", "control", "control_steps"})
+    finetune_fields = frozenset({"task", "spurious_fraction", "spurious_offset", "pretrain_share", "control",
+                                 "control_steps"})
 
     grammar: GrammarConfig = Field(default_factory=GrammarConfig, description="the grammar")
     window: Annotated[int, Field(ge=8)] = Field(250, description="W: text tokens per example, a random window of "
@@ -92,6 +93,9 @@ class PCFGSection(SettingSection):
     spurious_fraction: Fraction = Field(
         0.0, description="C_Tr: share of fine-tuning examples with the planted relation")
     spurious_offset: int = Field(1, description="the relation: answer(O_FT) = answer(O_PT) + offset")
+    pretrain_share: Fraction = Field(
+        0.0, description="share of fine-tuning examples drawn from the pretraining mixture instead of the task "
+                         "(paper App. E.1: 0.5 / 0.1 / 0.001); each row independently, trained on its answer")
 
     @field_validator("families")
     @classmethod

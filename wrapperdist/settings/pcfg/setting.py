@@ -46,10 +46,23 @@ class PCFGData:
         if which == "target":
             return self.tasks.task_batch(n, rng, self.target)
         if which == "finetune":
-            return self.tasks.task_batch(n, rng, self.target, s.spurious_fraction, self.capability, s.spurious_offset)
+            batch = self.tasks.task_batch(n, rng, self.target, s.spurious_fraction, self.capability, s.spurious_offset)
+            return self._with_pretraining_rows(batch, rng) if s.pretrain_share > 0 else batch
         if s.pretrain_data == "task":  # the Scr.+FT control's model: the fine-tuning task alone, from scratch
             return self.tasks.task_batch(n, rng, self.target)
         return self.tasks.mixture_batch(n, rng, self.family_weights, self.prior)
+
+    def _with_pretraining_rows(self, batch: Batch, rng: np.random.Generator) -> Batch:
+        """Pretraining data mixed into fine-tuning (paper App. E.1): each row is, with probability
+        `pretrain_share`, replaced by an example of the pretraining mixture. Row by row rather than a
+        fixed count per batch, so that a share below 1 / batch size (the paper's 0.1 %) still appears.
+        The paper does not say which loss the mixed-in rows get; here the fine-tuning loss (the answer
+        token), so a mixed row is a supervised example of a pretraining task (counting `a` among them)."""
+        tokens, answers = (a.copy() for a in batch)
+        rows = np.flatnonzero(rng.random(len(answers)) < self.section.pretrain_share)
+        if rows.size:
+            tokens[rows], answers[rows] = self.tasks.mixture_batch(rows.size, rng, self.family_weights, self.prior)
+        return tokens, answers
 
     def eval_sets(self, n: int, rng: np.random.Generator) -> dict[str, Batch]:
         """O_PT and O_FT on C_Te = 0 (the planted relation fails: `texts_without`), on C_Te = 1 (it
@@ -184,7 +197,8 @@ class PCFGSetting(AnswerSetting):
         pretrained = f"{trained_on} seed={cfg.seed}"
         if kind == "pretrain":
             return pretrained
-        return f"lr={cfg.finetune.optim.lr:g} C_Tr={s.spurious_fraction:g} {pretrained}"
+        mixed = f" PT={s.pretrain_share:g}" if s.pretrain_share else ""  # App. E.1's share of PT data
+        return f"lr={cfg.finetune.optim.lr:g} C_Tr={s.spurious_fraction:g}{mixed} {pretrained}"
 
     def describe(self, cfg: ExperimentConfig) -> str:
         s = PCFGSection.of(cfg)
