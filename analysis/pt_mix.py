@@ -45,8 +45,8 @@ def table(rows: list[dict]) -> list[str]:
         cells = [_spread([ft.metrics[key] for ft in fts]) for key, _ in COLUMNS]
         lines.append(f"| {100 * share:g} % | {', '.join(str(ft.seed) for ft in sorted(fts, key=lambda f: f.seed))} | "
                      f"{fts[0].steps} | {_spread([ft.pt_acc_pretrained for ft in fts])} | " + " | ".join(cells) + " |")
-    lines.append("| floor (modal answer) | | | | " + " | ".join(
-        "?" if f is None else f"{100 * f:.1f}" for f in floors) + " |")
+    if all(f is not None for f in floors):  # fine-tunes recorded without analysis carry none
+        lines.append("| floor (modal answer) | | | | " + " | ".join(f"{100 * f:.1f}" for f in floors) + " |")
     return lines
 
 

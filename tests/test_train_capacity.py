@@ -83,7 +83,9 @@ def test_a_group_no_rank_posted_is_found_among_the_groups_left_behind():
         ray.get(reserving.ready(), timeout=30)
         ray.kill(lost_worker)
         deadline = time.time() + 60
-        while {a.state for a in list_actors(filters=[("class_name", "=", WORKER_CLASS)])} != {"DEAD", "ALIVE"}:
+        address = ray.get_runtime_context().gcs_address  # other tests' Ray instances may run beside it
+        while {a.state for a in list_actors(address=address, filters=[("class_name", "=", WORKER_CLASS)])} \
+                != {"DEAD", "ALIVE"}:
             assert time.time() < deadline, "the state API never showed the killed worker dead"
             time.sleep(0.5)
         runs = train_runs()

@@ -164,12 +164,16 @@ def orphaned_worker_groups() -> list[str]:
     from ray.util.state import list_actors, list_placement_groups
 
     try:
+        # the cluster this process is connected to (left to itself, the state API looks for "a" local
+        # Ray and refuses when several run on the machine)
+        address = ray.get_runtime_context().gcs_address
         # detail=True: an actor's placement group and a group's `is_detached` are detail fields
         kept = {g.placement_group_id for g in list_placement_groups(
-            filters=[("state", "!=", "REMOVED")], limit=10_000, detail=True, raise_on_missing_output=False)
+            address=address, filters=[("state", "!=", "REMOVED")], limit=10_000, detail=True,
+            raise_on_missing_output=False)
             if not g.is_detached}
-        workers = list_actors(filters=[("class_name", "=", WORKER_CLASS)], limit=10_000, detail=True,
-                              raise_on_missing_output=False)
+        workers = list_actors(address=address, filters=[("class_name", "=", WORKER_CLASS)], limit=10_000,
+                              detail=True, raise_on_missing_output=False)
     except Exception as e:  # noqa: BLE001 - no state API here: nothing to find
         log.info("no Ray state API to look for orphaned Train groups: %s", e)
         return []
