@@ -157,8 +157,9 @@ def orphaned_worker_groups() -> list[str]:
     """Ids of the placement groups that held Ray Train workers, every one of them dead now, and that
     nothing removed: what a run leaves behind when its node dies after the group was reserved and its
     workers created but before any rank's first act (so no rank posted the group, and Ray Train's own
-    cleaner, which registers it only once the worker group is up, does not know it either). Seen under
-    load, where that start takes tens of seconds. A group whose workers are starting or alive, or that
+    cleaner, which registers it only once the worker group is up, does not know it either); under
+    load that start takes tens of seconds (the likely cause of one CI failure, not reproduced here).
+    A group whose workers are starting or alive, or that
     holds no worker yet, is not touched. Needs Ray's public state API, i.e. a dashboard: every cluster
     has one; without it (a local sweep, which loses no node) this finds nothing."""
     from ray.util.state import list_actors, list_placement_groups
